@@ -1,0 +1,147 @@
+"""``python -m collector`` / ``kubeobs collector``: run the log collector from a YAML config file."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from collector.clock import SystemClock
+from collector.config import (
+    CollectorConfig,
+    ConfigError,
+    ContainerLogsSource,
+    ElasticsearchSink,
+    SqliteSink,
+    load_config,
+)
+from collector.http import make_app, start_http
+from collector.metrics import PipelineMetrics
+from collector.pipeline import Pipeline
+from collector.sinks import build_sink
+
+log = logging.getLogger("collector")
+
+
+def _models_of(annotation: Any) -> list[type[BaseModel]]:
+    out: list[type[BaseModel]] = []
+    args = typing.get_args(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        out.append(annotation)
+    for a in args:
+        out.extend(_models_of(a))
+    if isinstance(annotation, types.UnionType):
+        for a in annotation.__args__:
+            out.extend(_models_of(a))
+    return out
+
+
+def _default(f: FieldInfo) -> str:
+    if f.default_factory is not None:
+        try:
+            v = f.default_factory()  # type: ignore[call-arg]
+        except TypeError:
+            return ""
+        return "" if isinstance(v, BaseModel) else f" (default {v!r})"
+    if f.is_required():
+        return " (required)"
+    return f" (default {f.default!r})"
+
+
+def config_reference(model: type[BaseModel] = CollectorConfig, prefix: str = "") -> list[str]:
+    """Every config key with its default and description, generated from the declarations."""
+    lines: list[str] = []
+    for name, f in model.model_fields.items():
+        key = prefix + name
+        models = _models_of(f.annotation)
+        desc = f" - {f.description}" if f.description else ""
+        if models and model is CollectorConfig and name == "sink":
+            lines.append(f"  {key}: one of type: elasticsearch | sqlite")
+            for m in (ElasticsearchSink, SqliteSink):
+                lines.extend(config_reference(m, f"{key}[{m.model_fields['type'].annotation.__args__[0]}]."))
+            continue
+        if models:
+            lines.append(f"  {key}:{desc}")
+            list_prefix = "[]." if typing.get_origin(f.annotation) is list else "."
+            lines.extend(config_reference(models[0], key + list_prefix))
+            continue
+        lines.append(f"  {key}{_default(f)}{desc}")
+    return lines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kubeobs collector",
+        description="Tail container log files and ship them to Elasticsearch or the embedded SQLite store, "
+        "with no line lost or duplicated. Publishes /metrics, /healthz and /readyz.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="configuration keys (YAML; ${VAR} and ${VAR:-default} are expanded):\n"
+        + "\n".join(config_reference())
+        + "\n\nexit codes: 0 stopped cleanly, 2 usage or configuration error, 1 other failure",
+    )
+    p.add_argument("--config", "-c", metavar="FILE", help="YAML config file (default: built-in defaults)")
+    p.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def serve(cfg: CollectorConfig, stop: asyncio.Event | None = None) -> None:
+    """Run the collector until SIGTERM/SIGINT (or ``stop``)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    registry = CollectorRegistry()
+    metrics = PipelineMetrics(registry)
+    sink = build_sink(cfg.sink)
+    pipeline = Pipeline(cfg, sink, metrics, SystemClock())
+    runner = None
+    if cfg.metrics.listen:
+        runner, port = await start_http(make_app(registry, lambda: pipeline.ready), cfg.metrics.listen)
+        log.info("metrics on http://%s/metrics", cfg.metrics.listen.rpartition(":")[0] + f":{port}")
+    log.info(
+        "collector on node %s: %s -> %s", cfg.node_name,
+        ", ".join(p for s in cfg.sources for p in s.paths), cfg.sink.type,
+    )
+    try:
+        await pipeline.run(stop)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+    log.info("stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        cfg = load_config(args.config) if args.config else CollectorConfig(sources=[ContainerLogsSource()])
+    except ConfigError as e:
+        print(f"kubeobs collector: config error: {e}", file=sys.stderr)
+        return 2
+    if args.check_config:
+        print("config ok")
+        return 0
+    _install_uvloop()
+    asyncio.run(serve(cfg))
+    return 0

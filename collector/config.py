@@ -1,0 +1,203 @@
+"""Collector configuration: one YAML file, parsed and checked at the edge.
+
+Every key is declared here with its default and a one-line description; unknown keys are errors that
+name the key's path (``sink.hostz: unknown key``). ``${VAR}`` and ``${VAR:-default}`` are expanded
+from the environment before parsing. Components receive these frozen models, never raw dicts.
+
+Example::
+
+    node_name: ${NODE_NAME}
+    state_dir: /var/lib/kubeobs
+    sources:
+      - type: container_logs
+        paths: ["/var/log/containers/*.log"]
+    sink:
+      type: elasticsearch
+      hosts: ["http://127.0.0.1:9200"]
+      index: "logs-k8s-%Y.%m.%d"
+    metrics:
+      listen: "0.0.0.0:2021"
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for the user in one line."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ContainerLogsSource(_Model):
+    """Tails container log files (CRI and docker json-file, auto-detected per line)."""
+
+    type: Literal["container_logs"] = "container_logs"
+    paths: list[str] = Field(
+        default_factory=lambda: ["/var/log/containers/*.log"], description="glob patterns of files to tail"
+    )
+    exclude_paths: list[str] = Field(default_factory=list, description="glob patterns of files to skip")
+    read_from: Literal["head", "tail"] = Field(
+        "head", description="where to start a file seen for the first time (no checkpoint)"
+    )
+    max_line_bytes: int = Field(
+        1024 * 1024, ge=1024, description="joined lines longer than this are split into marked parts"
+    )
+    read_chunk_bytes: int = Field(256 * 1024, ge=4096, description="bytes read from a file per turn")
+    rescan_interval: float = Field(1.0, gt=0, description="seconds between glob rescans (safety net)")
+    poll_interval: float = Field(0.25, gt=0, description="seconds between checks of open files for growth")
+    rotate_wait: float = Field(
+        5.0, ge=0, description="seconds a rotated-away file stays open after its last new byte"
+    )
+
+
+class KubernetesConfig(_Model):
+    """Metadata enrichment from the apiserver (omit the section to run without it)."""
+
+    kubeconfig: str | None = Field(None, description="path to a kubeconfig; null: in-cluster")
+
+
+class _BatchSettings(_Model):
+    batch_max_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="flush a batch at this many bytes")
+    batch_max_records: int = Field(10_000, ge=1, description="flush a batch at this many records")
+    flush_interval: float = Field(1.0, gt=0, description="flush a non-empty batch after this many seconds")
+    workers: int = Field(2, ge=1, le=64, description="batches in flight to the sink at once")
+    retry_initial_backoff: float = Field(0.5, gt=0, description="first retry delay in seconds")
+    retry_max_backoff: float = Field(30.0, gt=0, description="retry delay cap in seconds")
+
+
+class ElasticsearchSink(_BatchSettings):
+    """Ships documents to Elasticsearch 8/9 (or an OpenSearch-API server) with the `_bulk` API."""
+
+    type: Literal["elasticsearch"]
+    hosts: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:9200"])
+    index: str = Field("logs-k8s-%Y.%m.%d", description="strftime pattern applied to the record's timestamp")
+    dead_letter_index: str = Field("kubeobs-deadletter", description="index for items rejected with a 4xx")
+    template_name: str = Field("kubeobs-logs", description="name of the index template installed at start")
+    install_template: bool = Field(True, description="install the index template at start")
+    username: str | None = None
+    password: str | None = None
+    api_key: str | None = Field(None, description="base64 'id:key' API key")
+    ca_certs: str | None = Field(None, description="CA bundle for https hosts")
+    verify_certs: bool = True
+    request_timeout: float = Field(30.0, gt=0, description="seconds per bulk request")
+
+
+class SqliteSink(_BatchSettings):
+    """The embedded store: one SQLite file with an FTS5 index on `message`."""
+
+    type: Literal["sqlite"]
+    path: str = Field("./kubeobs-logs.db", description="database file")
+
+
+SinkConfig = Annotated[ElasticsearchSink | SqliteSink, Field(discriminator="type")]
+
+
+class MetricsConfig(_Model):
+    listen: str = Field("0.0.0.0:2021", description="host:port for /metrics, /healthz, /readyz; '' disables")
+    procfs: str = "/proc"
+    sysfs: str = "/sys"
+    cgroupfs: str = "/sys/fs/cgroup"
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        if v and not re.fullmatch(r"\[?[^\s\]]*\]?:\d{1,5}", v):
+            raise ValueError("expected host:port")
+        return v
+
+
+class CollectorConfig(_Model):
+    node_name: str = Field(
+        default_factory=lambda: os.environ.get("NODE_NAME") or socket.gethostname(),
+        description="this node's name; default $NODE_NAME, else the hostname",
+    )
+    state_dir: str = Field("/var/lib/kubeobs", description="checkpoints live here")
+    sources: list[ContainerLogsSource] = Field(default_factory=lambda: [ContainerLogsSource()])
+    kubernetes: KubernetesConfig | None = None
+    sink: SinkConfig = Field(default_factory=lambda: SqliteSink(type="sqlite"))
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    checkpoint_interval: float = Field(1.0, gt=0, description="seconds between checkpoint writes")
+    shutdown_timeout: float = Field(10.0, gt=0, description="seconds to flush in-flight data on SIGTERM")
+    queue_batches: int = Field(4, ge=1, description="full batches queued ahead of the sink (backpressure)")
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str, env: dict[str, str] | None = None) -> str:
+    """Replace ``${VAR}`` / ``${VAR:-default}``; an unset variable without default is an error."""
+    environ = os.environ if env is None else env
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        value = environ.get(name)
+        if value is None or (value == "" and default is not None):
+            if default is None:
+                raise ConfigError(f"environment variable {name} is not set (used as ${{{name}}})")
+            return default
+        return value
+
+    return _ENV.sub(sub, text)
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for i, p in enumerate(loc):
+        # drop discriminated-union tags, e.g. ('sink', 'elasticsearch', 'hostz')
+        if i > 0 and loc[i - 1] == "sink" and p in ("elasticsearch", "sqlite") and len(loc) > i + 1:
+            continue
+        parts.append(f"[{p}]" if isinstance(p, int) else ("." if parts else "") + str(p))
+    return "".join(parts) or "(top level)"
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem: ``<key path>: <what is wrong>``."""
+    lines = []
+    for e in err.errors():
+        where = _path(tuple(e["loc"]))
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = e["msg"]
+            if "input" in e and not isinstance(e["input"], dict | list):
+                msg += f" (got {e['input']!r})"
+        lines.append(f"{where}: {msg}")
+    return "; ".join(lines)
+
+
+def parse_config(data: Any) -> CollectorConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("config: expected a mapping at the top level")
+    try:
+        return CollectorConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+
+
+def load_config(path: str | Path) -> CollectorConfig:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(expand_env(text))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', e)}") from None
+    return parse_config(data)

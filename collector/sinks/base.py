@@ -1,0 +1,60 @@
+"""The Sink role.
+
+A sink receives a batch of records and reports, per record, whether it was delivered, should be
+retried, or was rejected for good. It never retries by itself: the delivery loop
+(:mod:`collector.delivery`) owns retries, backoff, dead-lettering and counting.
+
+Contract:
+- ``write(batch)`` returns one :class:`Outcome` per record, in order. A record already stored
+  (same ``Record.id``) counts as ``DELIVERED``: ids are deterministic, so a re-send is harmless.
+- A failure of the whole request (connection refused, HTTP 5xx/429 for the request) raises
+  :class:`TemporaryError`; anything that retrying cannot fix raises :class:`PermanentError`.
+- ``dead_letter(records, errors)`` stores rejected records with their error, or raises
+  ``TemporaryError`` when the dead-letter store itself is unavailable.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from collector.record import Record
+
+
+class TemporaryError(Exception):
+    """Retry later (with backoff)."""
+
+
+class PermanentError(Exception):
+    """Retrying will not help (bad credentials, bad configuration)."""
+
+
+class Status(enum.Enum):
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: Status
+    error: str | None = None  # for RETRY/REJECTED: the sink's reason, e.g. "mapper_parsing_exception: ..."
+    http_status: int | None = None
+
+
+DELIVERED = Outcome(Status.DELIVERED)
+
+
+class Sink(Protocol):
+    name: str
+
+    async def start(self) -> None:
+        """Connect and prepare (install templates, create tables). May raise TemporaryError."""
+
+    async def write(self, batch: Sequence[Record]) -> list[Outcome]: ...
+
+    async def dead_letter(self, records: Sequence[Record], errors: Sequence[str]) -> None: ...
+
+    async def close(self) -> None: ...

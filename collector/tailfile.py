@@ -1,0 +1,153 @@
+"""One open log file: its identity, its read position and what to do at rotation.
+
+Identity is ``<dev>:<ino>:<fingerprint>``, the fingerprint being a hash of the file's first line (at most
+256 bytes). Device and inode tell files apart; the fingerprint tells a reused inode from the file that
+had it before, and a truncated-and-rewritten file from its earlier content.
+
+A file stays open after it was rotated away (renamed, deleted or truncated) until it has been read to
+its end and has stayed unchanged for ``rotate_wait`` seconds, so no line written around a rotation is
+lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+from collector.lines import LineAssembler
+from collector.parse import parse_k8s_filename
+from collector.record import FileInfo, Record
+
+FINGERPRINT_BYTES = 256
+
+
+def fingerprint_of(fd: int) -> tuple[str, int] | None:
+    """(hash, length) of the first line (or first 256 bytes), None while the file holds neither."""
+    head = os.pread(fd, FINGERPRINT_BYTES, 0)
+    nl = head.find(b"\n")
+    if nl >= 0:
+        head = head[: nl + 1]
+    elif len(head) < FINGERPRINT_BYTES:
+        return None
+    return hashlib.blake2b(head, digest_size=8).hexdigest(), len(head)
+
+
+def same_fingerprint(fd: int, fp: str, length: int) -> bool:
+    head = os.pread(fd, length, 0)
+    return len(head) == length and hashlib.blake2b(head, digest_size=8).hexdigest() == fp
+
+
+def file_key(dev: int, ino: int, fp: str) -> str:
+    return f"{dev}:{ino}:{fp}"
+
+
+def make_file_info(key: str, path: str, real_path: str, node: str) -> FileInfo:
+    meta = parse_k8s_filename(path)
+    if "pod_uid" not in meta:
+        meta.update({k: v for k, v in parse_k8s_filename(real_path).items() if k not in meta or k == "pod_uid"})
+    k8s: dict[str, object] = {"node": {"name": node}}
+    if meta:
+        pod: dict[str, str] = {"name": meta["pod"]}
+        if "pod_uid" in meta:
+            pod["uid"] = meta["pod_uid"]
+        k8s.update({"namespace": meta["namespace"], "pod": pod, "container": {"name": meta["container"]}})
+    container: dict[str, object] = {}
+    if meta.get("container_id"):
+        container["id"] = meta["container_id"]
+    prefix = hashlib.blake2b(f"{node}\0{key}".encode(), digest_size=8).hexdigest()
+    return FileInfo(key=key, path=path, id_prefix=prefix, kubernetes=k8s, container=container)
+
+
+@dataclass(slots=True)
+class Opened:
+    fd: int
+    dev: int
+    ino: int
+    fp: str
+    fp_len: int
+    real_path: str
+
+    @property
+    def key(self) -> str:
+        return file_key(self.dev, self.ino, self.fp)
+
+
+def open_identified(path: str) -> Opened | None:
+    """Open a file and compute its identity; None if it vanished or is not yet identifiable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        st = os.fstat(fd)
+        fp = fingerprint_of(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    if fp is None:
+        os.close(fd)
+        return None
+    return Opened(fd, st.st_dev, st.st_ino, fp[0], fp[1], os.path.realpath(path))
+
+
+class TailedFile:
+    def __init__(
+        self, opened: Opened, path: str, info: FileInfo, offset: int, max_line_bytes: int, now: float
+    ) -> None:
+        self.fd = opened.fd
+        self.path = path
+        self.real_path = opened.real_path
+        self.dev, self.ino = opened.dev, opened.ino
+        self.fp, self.fp_len = opened.fp, opened.fp_len
+        self.key = opened.key
+        self.info = info
+        self.asm = LineAssembler(info, offset, max_line_bytes)
+        self.rotated = False  # the path no longer leads here: finish and close
+        self.last_data = now
+        self.size = offset  # last size seen by fstat
+        self.closed = False
+
+    @property
+    def offset(self) -> int:
+        return self.asm.read_offset
+
+    def read(self, chunk: int, now: float) -> tuple[list[Record], int] | None:
+        """Read and assemble the next chunk. None at end of file."""
+        data = os.pread(self.fd, chunk, self.asm.read_offset)
+        if not data:
+            return None
+        self.last_data = now
+        if self.asm.read_offset + len(data) > self.size:
+            self.size = self.asm.read_offset + len(data)
+        return self.asm.feed(data), len(data)
+
+    def check(self) -> str | None:
+        """fstat the open file: "truncated", "deleted" or None. Updates ``size``."""
+        st = os.fstat(self.fd)
+        self.size = st.st_size
+        if st.st_size < self.asm.read_offset:
+            return "truncated"
+        if not self.rotated and not same_fingerprint(self.fd, self.fp, self.fp_len):
+            return "truncated"  # truncated and rewritten past our offset between two checks
+        if st.st_nlink == 0:
+            return "deleted"
+        return None
+
+    def switch_to(self, opened: Opened) -> None:
+        """Continue reading from a copy of this file (copytruncate): same identity, same offsets."""
+        os.close(self.fd)
+        self.fd = opened.fd
+        self.dev, self.ino, self.real_path = opened.dev, opened.ino, opened.real_path
+        self.rotated = True
+
+    def finish(self) -> list[Record]:
+        """Close the file, returning whatever was held for lack of a newline."""
+        recs = self.asm.flush_unterminated()
+        self.close()
+        return recs
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.fd)
