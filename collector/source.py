@@ -166,7 +166,7 @@ class ContainerLogsSource:
         for key, entry in entries.items():
             if key in matched:
                 continue
-            opened = _find_moved(entry)
+            opened = _find_moved(entry, key)
             if opened is None:
                 log.warning(
                     "file %s (checkpoint at byte %d) is gone; lines after that offset, if any, were lost",
@@ -341,19 +341,24 @@ def _siblings(real_path: str) -> list[str]:
     return [os.path.join(d, n) for n in names if n.startswith(base)]
 
 
-def _find_moved(entry: Entry) -> Opened | None:
-    """A checkpointed file renamed beside its old path (same device, inode and first line)."""
-    for cand in _siblings(entry.real_path):
-        try:
-            st = os.stat(cand)
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) != (entry.dev, entry.ino):
-            continue
-        opened = open_identified(cand)
-        if opened is not None and opened.fp == entry.fingerprint:
-            return opened
-        if opened is not None:
+def _find_moved(entry: Entry, key: str) -> Opened | None:
+    """A checkpointed file found beside its old path: renamed (same device, inode and first line) or
+    copied before a copytruncate (same first line, at least as long as the checkpoint)."""
+    candidates = _siblings(entry.real_path)
+    for by_inode in (True, False):
+        for cand in candidates:
+            try:
+                st = os.stat(cand)
+            except OSError:
+                continue
+            if by_inode != ((st.st_dev, st.st_ino) == (entry.dev, entry.ino)) or st.st_size < entry.offset:
+                continue
+            opened = open_identified(cand)
+            if opened is None:
+                continue
+            if opened.fp == entry.fingerprint:
+                opened.identity = key
+                return opened
             os.close(opened.fd)
     return None
 
@@ -371,6 +376,6 @@ def _find_copy(f: TailedFile) -> Opened | None:
         except OSError:
             continue
         if same_fingerprint(fd, f.fp, f.fp_len):
-            return Opened(fd, st.st_dev, st.st_ino, f.fp, f.fp_len, os.path.realpath(cand))
+            return Opened(fd, st.st_dev, st.st_ino, f.fp, f.fp_len, os.path.realpath(cand), f.key)
         os.close(fd)
     return None

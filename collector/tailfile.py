@@ -67,10 +67,11 @@ class Opened:
     fp: str
     fp_len: int
     real_path: str
+    identity: str | None = None  # set when this is a copy read under the original file's identity
 
     @property
     def key(self) -> str:
-        return file_key(self.dev, self.ino, self.fp)
+        return self.identity or file_key(self.dev, self.ino, self.fp)
 
 
 def open_identified(path: str) -> Opened | None:

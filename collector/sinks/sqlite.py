@@ -358,12 +358,10 @@ class SqliteLogSink:
     async def write(self, batch: Sequence[Record]) -> list[Outcome]:
         if not batch:
             return []
-
-        def work() -> int:
-            # Rows are built here too: encoding a large batch would otherwise hold the event loop.
-            return _insert_logs(self._connection(), _rows(batch))
-
-        inserted = await self._run(work)
+        # Encoding runs off the event loop, and outside the SQLite thread: with two batches in flight
+        # one is encoded while the other is inserted (sqlite3 releases the GIL while it works).
+        rows = await asyncio.to_thread(_rows, batch)
+        inserted = await self._run(lambda: _insert_logs(self._connection(), rows))
         self.rows_inserted += inserted
         self.duplicates += len(batch) - inserted
         return [DELIVERED] * len(batch)

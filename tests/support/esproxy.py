@@ -18,10 +18,10 @@ Control API (JSON):
 - ``GET /_proxy/stats``: ``requests``, ``bulk_requests``, ``faults`` (applied), ``faults_by_action``,
   ``items_rewritten``; ``DELETE /_proxy/stats`` resets the counters.
 
-A rule is ``{"action": ..., <action args>, "path_regex": ..., "method": ..., "times": ..., "probability": ...}``;
-the last four are optional: ``path_regex`` is searched in the request path, ``method`` compared without
-case, ``times`` is how many requests the rule applies to (null/absent: forever), ``probability`` the
-chance it applies to a matching request (default 1). Actions:
+A rule is ``{"action": ..., <action args>, "path_regex": ..., "method": ..., "times": ...,
+"probability": ...}``; the last four are optional: ``path_regex`` is searched in the request path,
+``method`` compared without case, ``times`` is how many requests the rule applies to (null/absent:
+forever), ``probability`` the chance it applies to a matching request (default 1). Actions:
 
 - ``{"action": "status", "status": 503}``: answer with that status and an Elasticsearch-like error body.
 - ``{"action": "bulk_items", "status": 429, "fraction": 0.2}``: forward a ``_bulk`` request, then turn
@@ -403,6 +403,14 @@ async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
         await asyncio.sleep(0.5)
 
 
+def _write_port_file(path: str, port: int) -> None:
+    """Atomically, so a reader never sees a partial number."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(f"{port}\n")
+    os.replace(tmp, path)
+
+
 async def serve(upstream: str, listen: str, port_file: str | None, parent_pid: int | None) -> None:
     host, _, port = listen.rpartition(":")
     proxy = Proxy(upstream)
@@ -412,10 +420,7 @@ async def serve(upstream: str, listen: str, port_file: str | None, parent_pid: i
     await site.start()
     bound = runner.addresses[0][1]
     if port_file:
-        tmp = f"{port_file}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(f"{bound}\n")
-        os.replace(tmp, port_file)
+        await asyncio.to_thread(_write_port_file, port_file, bound)
     print(f"esproxy listening on {host}:{bound} -> {upstream}", file=sys.stderr, flush=True)
 
     stop = asyncio.Event()
@@ -434,7 +439,9 @@ async def serve(upstream: str, listen: str, port_file: str | None, parent_pid: i
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.support.esproxy", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.support.esproxy", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--upstream", required=True, help="base URL of the server to forward to")
     parser.add_argument("--listen", default="127.0.0.1:0", help="host:port to listen on (port 0: any free)")
     parser.add_argument("--port-file", help="write the bound port to this file once listening")

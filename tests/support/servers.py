@@ -145,7 +145,9 @@ def start_osmem(workdir: Path, timeout: float = STARTUP_TIMEOUT) -> tuple[Manage
     return proc, url
 
 
-def start_esproxy(upstream: str, workdir: Path, timeout: float = STARTUP_TIMEOUT) -> tuple[ManagedProcess, str]:
+def start_esproxy(
+    upstream: str, workdir: Path, timeout: float = STARTUP_TIMEOUT
+) -> tuple[ManagedProcess, str]:
     """Start :mod:`tests.support.esproxy` in front of ``upstream``; returns the process and its URL."""
     port_file = workdir / "esproxy.port"
     port_file.unlink(missing_ok=True)

@@ -1,0 +1,3 @@
+from kubeobs.cli import main
+
+raise SystemExit(main())
