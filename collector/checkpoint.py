@@ -55,7 +55,9 @@ class CheckpointStore:
         except (orjson.JSONDecodeError, KeyError, TypeError) as e:
             aside = self.path.with_suffix(".corrupt")
             os.replace(self.path, aside)
-            log.error("checkpoint file %s is unreadable (%s); moved to %s, starting fresh", self.path, e, aside)
+            log.error(
+                "checkpoint file %s is unreadable (%s); moved to %s, starting fresh", self.path, e, aside
+            )
             self.entries = {}
         return self.entries
 

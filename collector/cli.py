@@ -67,8 +67,8 @@ def config_reference(model: type[BaseModel] = CollectorConfig, prefix: str = "")
         desc = f" - {f.description}" if f.description else ""
         if models and model is CollectorConfig and name == "sink":
             lines.append(f"  {key}: one of type: elasticsearch | sqlite")
-            for m in (ElasticsearchSink, SqliteSink):
-                lines.extend(config_reference(m, f"{key}[{m.model_fields['type'].annotation.__args__[0]}]."))
+            for m, tag in ((ElasticsearchSink, "elasticsearch"), (SqliteSink, "sqlite")):
+                lines.extend(config_reference(m, f"{key}[{tag}]."))
             continue
         if models:
             lines.append(f"  {key}:{desc}")
@@ -118,8 +118,10 @@ async def serve(cfg: CollectorConfig, stop: asyncio.Event | None = None) -> None
         runner, port = await start_http(make_app(registry, lambda: pipeline.ready), cfg.metrics.listen)
         log.info("metrics on http://%s/metrics", cfg.metrics.listen.rpartition(":")[0] + f":{port}")
     log.info(
-        "collector on node %s: %s -> %s", cfg.node_name,
-        ", ".join(p for s in cfg.sources for p in s.paths), cfg.sink.type,
+        "collector on node %s: %s -> %s",
+        cfg.node_name,
+        ", ".join(p for s in cfg.sources for p in s.paths),
+        cfg.sink.type,
     )
     try:
         await pipeline.run(stop)
@@ -132,7 +134,9 @@ async def serve(cfg: CollectorConfig, stop: asyncio.Event | None = None) -> None
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     try:
         cfg = load_config(args.config) if args.config else CollectorConfig(sources=[ContainerLogsSource()])

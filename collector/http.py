@@ -41,8 +41,8 @@ async def start_http(app: web.Application, listen: str) -> tuple[web.AppRunner, 
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server
     bound = port
-    if server is not None and getattr(server, "sockets", None):
-        bound = server.sockets[0].getsockname()[1]
+    for addr in runner.addresses:
+        bound = int(addr[1])
+        break
     return runner, bound

@@ -179,7 +179,9 @@ class LineAssembler:
         if part:
             tags.append(TAG_SPLIT)
             self.stats.split_parts += 1
-        return Record(self.info, offset, self._ckpt(end), ts, stream, msg, size, part, last, error, tuple(tags))
+        return Record(
+            self.info, offset, self._ckpt(end), ts, stream, msg, size, part, last, error, tuple(tags)
+        )
 
     def _slow_line(self, line: bytes, pos: int, end: int, out: list[Record]) -> None:
         p = parse_line(line)
@@ -203,7 +205,14 @@ class LineAssembler:
             self._emit(pend, p.stream, out, last=True, end=end)
 
     def _emit_whole(
-        self, pos: int, ts: str, stream: str, msg: bytes, end: int, out: list[Record], error: str | None = None
+        self,
+        pos: int,
+        ts: str,
+        stream: str,
+        msg: bytes,
+        end: int,
+        out: list[Record],
+        error: str | None = None,
     ) -> None:
         if len(msg) <= self.max_line:
             out.append(self._record(pos, ts, stream, msg, end - pos, end, error=error))
@@ -226,14 +235,31 @@ class LineAssembler:
         p.size = len(data) - cut
 
     def _emit(
-        self, p: _Pending, stream: str, out: list[Record], *, last: bool, end: int | None = None,
+        self,
+        p: _Pending,
+        stream: str,
+        out: list[Record],
+        *,
+        last: bool,
+        end: int | None = None,
         error: str | None = None,
     ) -> None:
         data = b"".join(p.pieces)
         stop = end if end is not None else p.offset + p.disk
         part = p.parts_emitted + 1 if p.parts_emitted else 0
-        out.append(self._record(p.offset, p.timestamp, stream, data, p.disk, stop, part=part, last=last,
-                                error=error if error is not None else ("raw oversize line" if p.raw else None)))
+        out.append(
+            self._record(
+                p.offset,
+                p.timestamp,
+                stream,
+                data,
+                p.disk,
+                stop,
+                part=part,
+                last=last,
+                error=error if error is not None else ("raw oversize line" if p.raw else None),
+            )
+        )
 
     def _start_oversize(self, out: list[Record]) -> None:
         """The unfinished line in ``buf`` passed the cap: start streaming it in parts."""

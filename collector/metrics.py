@@ -61,8 +61,10 @@ class PipelineMetrics:
             f"{NS}_records_retried", "Record deliveries retried.", ["sink", "reason"], registry=r
         )
         self.dead_lettered = Counter(
-            f"{NS}_records_dead_lettered", "Records rejected by the sink, stored as dead letters.",
-            ["sink"], registry=r,
+            f"{NS}_records_dead_lettered",
+            "Records rejected by the sink, stored as dead letters.",
+            ["sink"],
+            registry=r,
         )
         self.dropped = Counter(f"{NS}_records_dropped", "Records lost, by reason.", ["reason"], registry=r)
         self.parse_errors = Counter(f"{NS}_parse_errors", "Lines that could not be parsed.", registry=r)
@@ -77,7 +79,10 @@ class PipelineMetrics:
             f"{NS}_bulk_requests", "Requests to the sink.", ["sink", "result"], registry=r
         )
         self.bulk_duration = Histogram(
-            f"{NS}_bulk_request_duration_seconds", "Sink request latency.", ["sink"], registry=r,
+            f"{NS}_bulk_request_duration_seconds",
+            "Sink request latency.",
+            ["sink"],
+            registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.queue_batches = Gauge(f"{NS}_queue_batches", "Batches waiting for the sink.", registry=r)

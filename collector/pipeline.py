@@ -116,7 +116,8 @@ class Delivery:
 
     def backoff(self, attempt: int) -> float:
         """Exponential backoff with jitter: base * 2^attempt, capped, scaled by a random [0.5, 1)."""
-        return min(self.cap, self.initial * (2 ** min(attempt, 30))) * (0.5 + random.random() / 2)
+        delay: float = min(self.cap, self.initial * 2.0 ** min(attempt, 30))
+        return delay * (0.5 + random.random() / 2)
 
     def _trouble(self, what: str, err: Exception) -> None:
         text = f"{what}: {err}"
@@ -257,7 +258,11 @@ class Pipeline:
 
     def _on_ack(self, key: str, offset: int) -> None:
         self.store.advance(key, offset)
-        if key in self._finished and not self.tracker.in_flight(key) and key not in self.batcher.current.offsets:
+        if (
+            key in self._finished
+            and not self.tracker.in_flight(key)
+            and key not in self.batcher.current.offsets
+        ):
             self._finished.discard(key)
             self.store.remove(key)
 
@@ -275,7 +280,9 @@ class Pipeline:
         except OSError as e:
             self.metrics.checkpoint_writes.labels("error").inc()
             if str(e) != self._ckpt_error:
-                log.error("cannot write checkpoints to %s: %s (delivery goes on; will retry)", self.store.path, e)
+                log.error(
+                    "cannot write checkpoints to %s: %s (delivery goes on; will retry)", self.store.path, e
+                )
                 self._ckpt_error = str(e)
 
     async def _checkpointer(self) -> None:
@@ -302,7 +309,9 @@ class Pipeline:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then drain within ``shutdown_timeout`` and return."""
         async with asyncio.TaskGroup() as tg:
-            helpers = [tg.create_task(self._worker(), name=f"deliver-{i}") for i in range(self.cfg.sink.workers)]
+            helpers = [
+                tg.create_task(self._worker(), name=f"deliver-{i}") for i in range(self.cfg.sink.workers)
+            ]
             helpers.append(tg.create_task(self._flusher(), name="flusher"))
             helpers.append(tg.create_task(self._checkpointer(), name="checkpointer"))
             readers = [tg.create_task(s.run(stop), name=f"source-{i}") for i, s in enumerate(self.sources)]
@@ -324,7 +333,9 @@ class Pipeline:
             except TimeoutError:
                 log.warning(
                     "shutdown: %d batch(es) not delivered within %.1fs; they stay un-checkpointed and "
-                    "will be re-sent after the restart", self.queue.qsize() + 1, deadline,
+                    "will be re-sent after the restart",
+                    self.queue.qsize() + 1,
+                    deadline,
                 )
             for t in helpers:
                 t.cancel()

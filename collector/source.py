@@ -24,6 +24,7 @@ is finished; its entry is removed once everything before its final offset is ack
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import glob
 import logging
@@ -108,10 +109,8 @@ class ContainerLogsSource:
                         await self.emit(recs)
                 if not progressed:
                     self._wake.clear()
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.cfg.poll_interval)
-                    except TimeoutError:
-                        pass
                 else:
                     await asyncio.sleep(0)
         finally:
@@ -170,13 +169,18 @@ class ContainerLogsSource:
             if opened is None:
                 log.warning(
                     "file %s (checkpoint at byte %d) is gone; lines after that offset, if any, were lost",
-                    entry.real_path, entry.offset,
+                    entry.real_path,
+                    entry.offset,
                 )
                 self.metrics.files_lost.inc()
                 self.store.remove(key)
                 continue
-            log.info("resuming %s, rotated to %s while stopped, at byte %d", entry.path, opened.real_path,
-                     entry.offset)
+            log.info(
+                "resuming %s, rotated to %s while stopped, at byte %d",
+                entry.path,
+                opened.real_path,
+                entry.offset,
+            )
             f = self._open(entry.path, opened, entry.offset, now, new=False)
             f.rotated = True
             self.retiring.append(f)
@@ -230,10 +234,8 @@ class ContainerLogsSource:
                 del self.by_path[path]
                 self._retire(f, "delete")
         for f in list(self.retiring):
-            try:
+            with contextlib.suppress(OSError):
                 f.check()
-            except OSError:
-                pass
             idle = now - f.last_data
             if f.offset >= f.size and idle >= self.cfg.rotate_wait:
                 self.retiring.remove(f)
@@ -249,8 +251,11 @@ class ContainerLogsSource:
             self._update_entry(f)
             return
         if f.size > f.offset:
-            log.warning("%s was truncated with %d unread bytes and no copy was found beside it",
-                        f.path, f.size - f.offset)
+            log.warning(
+                "%s was truncated with %d unread bytes and no copy was found beside it",
+                f.path,
+                f.size - f.offset,
+            )
             self.metrics.dropped.labels("truncated_unread").inc()
         f.rotated = True
         await self._finish(f)  # the old content is gone: close now, never read the new content as old
@@ -294,7 +299,7 @@ class ContainerLogsSource:
         loop = asyncio.get_running_loop()
         source = self
 
-        class Handler(FileSystemEventHandler):  # type: ignore[misc]
+        class Handler(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
                 if event.event_type in ("opened", "closed_no_write"):
                     return

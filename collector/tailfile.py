@@ -45,7 +45,9 @@ def file_key(dev: int, ino: int, fp: str) -> str:
 def make_file_info(key: str, path: str, real_path: str, node: str) -> FileInfo:
     meta = parse_k8s_filename(path)
     if "pod_uid" not in meta:
-        meta.update({k: v for k, v in parse_k8s_filename(real_path).items() if k not in meta or k == "pod_uid"})
+        meta.update(
+            {k: v for k, v in parse_k8s_filename(real_path).items() if k not in meta or k == "pod_uid"}
+        )
     k8s: dict[str, object] = {"node": {"name": node}}
     if meta:
         pod: dict[str, str] = {"name": meta["pod"]}

@@ -60,10 +60,14 @@ async def _up(cfg: CollectorConfig, logs: Path, demo: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kubeobs", description="Observability for Kubernetes: logs, DNS, metrics.")
+    parser = argparse.ArgumentParser(
+        prog="kubeobs", description="Observability for Kubernetes: logs, DNS, metrics."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _up_parser(sub)
-    sub.add_parser("collector", help="run the log collector daemon (see: kubeobs collector --help)", add_help=False)
+    sub.add_parser(
+        "collector", help="run the log collector daemon (see: kubeobs collector --help)", add_help=False
+    )
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["collector"]:
         from collector.cli import main as collector_main
@@ -73,7 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     cfg = up_config(args)
     logs = Path(cfg.sources[0].paths[0]).parent
     logs.mkdir(parents=True, exist_ok=True)

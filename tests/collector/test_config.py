@@ -76,25 +76,42 @@ def test_env_expansion() -> None:
 
 def test_typo_exits_2_with_the_key_path(tmp_path: Path) -> None:
     cfg = write(tmp_path, "sink:\n  type: elasticsearch\n  indx: foo\n")
-    r = subprocess.run([sys.executable, "-m", "collector", "--config", str(cfg)], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "collector", "--config", str(cfg)], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 2
     assert r.stderr.strip() == "kubeobs collector: config error: sink.indx: unknown key"
 
 
 def test_missing_file_exits_2(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "collector", "--config", str(tmp_path / "nope.yaml")],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "collector", "--config", str(tmp_path / "nope.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and "cannot read config file" in r.stderr
 
 
 def test_help_documents_every_key() -> None:
-    r = subprocess.run([sys.executable, "-m", "collector", "--help"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "collector", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0
-    for key in ("node_name", "state_dir", "sources[].paths", "sources[].exclude_paths", "kubernetes.kubeconfig",
-                "sink[elasticsearch].hosts", "sink[elasticsearch].index", "sink[sqlite].path", "metrics.listen",
-                "shutdown_timeout"):
+    for key in (
+        "node_name",
+        "state_dir",
+        "sources[].paths",
+        "sources[].exclude_paths",
+        "kubernetes.kubeconfig",
+        "sink[elasticsearch].hosts",
+        "sink[elasticsearch].index",
+        "sink[sqlite].path",
+        "metrics.listen",
+        "shutdown_timeout",
+    ):
         assert key in r.stdout, key
-    r = subprocess.run([sys.executable, "-m", "kubeobs", "collector", "--help"], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "kubeobs", "collector", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0 and "sink[sqlite].path" in r.stdout

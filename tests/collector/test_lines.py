@@ -65,7 +65,7 @@ def test_cri_partials_joined_per_stream_and_checkpoint_held_back() -> None:
         + cri("out-2", tag="F")
         + cri("err-2", "stderr", tag="F")
     )
-    recs, asm = feed_all(data)
+    recs, _ = feed_all(data)
     assert [(r.stream, r.message) for r in recs] == [("stdout", "out-1 out-2"), ("stderr", "err-1 err-2")]
     # the stdout record completes while the stderr partial (which began earlier than its end) is pending
     stderr_start = len(cri("out-1 ", tag="P"))
@@ -132,7 +132,14 @@ def test_invalid_utf8_kept_with_replacement() -> None:
 
 @pytest.mark.parametrize(
     "line",
-    [b"not a log line", b"{not json", b'{"log": 5}', b"2026-11-26T19:01:02Z stdin F x", b"" , b"12 stdout F x"],
+    [
+        b"not a log line",
+        b"{not json",
+        b'{"log": 5}',
+        b"2026-11-26T19:01:02Z stdin F x",
+        b"",
+        b"12 stdout F x",
+    ],
 )
 def test_malformed_line_becomes_flagged_record(line: bytes) -> None:
     recs, _ = feed_all(line + b"\n" + cri("next"))
@@ -160,7 +167,10 @@ def test_parse_helpers() -> None:
     assert parse_line(b"2026-11-26T19:01:02Z stdout F:x y").message == b"y"
     assert utf8_cut("aé".encode(), 2) == 1
     assert parse_k8s_filename("/var/log/containers/web-1_shop_nginx-" + "a" * 64 + ".log") == {
-        "pod": "web-1", "namespace": "shop", "container": "nginx", "container_id": "a" * 64,
+        "pod": "web-1",
+        "namespace": "shop",
+        "container": "nginx",
+        "container_id": "a" * 64,
     }
     m = parse_k8s_filename("/var/log/pods/shop_web-1_1234-uid/nginx/0.log")
     assert m["pod_uid"] == "1234-uid" and m["pod"] == "web-1" and m["container"] == "nginx"

@@ -34,10 +34,17 @@ class Harness:
         self.closed: list[tuple[str, int]] = []
         self.store = CheckpointStore(self.state)
         self.metrics = PipelineMetrics(CollectorRegistry())
-        cfg = SourceConfig(paths=[str(self.logs / "*.log")], rescan_interval=0.1, poll_interval=0.05, rotate_wait=0.2)
+        cfg = SourceConfig(
+            paths=[str(self.logs / "*.log")], rescan_interval=0.1, poll_interval=0.05, rotate_wait=0.2
+        )
         self.source = ContainerLogsSource(
-            cfg, node_name="n", store=self.store, metrics=self.metrics, clock=SystemClock(),
-            emit=self._emit, on_close=self._on_close,
+            cfg,
+            node_name="n",
+            store=self.store,
+            metrics=self.metrics,
+            clock=SystemClock(),
+            emit=self._emit,
+            on_close=self._on_close,
         )
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -54,9 +61,9 @@ class Harness:
     def seqs(self) -> list[int]:
         return [int(r.message.split("=")[1]) for r in self.records]
 
-    async def wait_for(self, n: int, timeout: float = 10) -> None:
-        async with asyncio.timeout(timeout):
-            while len(self.records) < n:
+    async def wait_for(self, n: int, within: float = 10) -> None:
+        async with asyncio.timeout(within):
+            while len(self.records) < n:  # noqa: ASYNC110 - polling a plain list the source appends to
                 await asyncio.sleep(0.02)
 
     def start(self) -> None:
@@ -151,7 +158,7 @@ async def test_new_file_picked_up_quickly(h: Harness) -> None:
     h.start()
     await asyncio.sleep(0.2)
     append(h.logs / NAME, 0, 3)
-    await h.wait_for(3, timeout=2)
+    await h.wait_for(3, within=2)
 
 
 async def test_restart_resumes_from_checkpoint_and_finds_file_rotated_while_down(tmp_path: Path) -> None:

@@ -65,7 +65,10 @@ def es_docs(es: Elasticsearch, index: str, fields: list[str] | None = None) -> l
     docs: list[dict[str, Any]] = []
     after: list[Any] | None = None
     while True:
-        body: dict[str, Any] = {"size": 5000, "sort": [{"log.file.path": "asc"}, {"log.offset": "asc"}, {"_id": "asc"}]}
+        body: dict[str, Any] = {
+            "size": 5000,
+            "sort": [{"log.file.path": "asc"}, {"log.offset": "asc"}, {"_id": "asc"}],
+        }
         if after is not None:
             body["search_after"] = after
         if fields is not None:

@@ -27,12 +27,18 @@ def es(es_server: EsServer) -> Iterator[Elasticsearch]:
     client.close()
 
 
-def run_collector(tmp_path: Path, es_server: EsServer, content: bytes, expect_docs: int, es: Elasticsearch) -> CollectorProcess:
+def run_collector(
+    tmp_path: Path, es_server: EsServer, content: bytes, expect_docs: int, es: Elasticsearch
+) -> CollectorProcess:
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / POD_FILE).write_bytes(content)
-    sink = {"type": "elasticsearch", "hosts": [es_server.url], "index": "logs-bad-%Y.%m.%d",
-            "dead_letter_index": "kubeobs-deadletter-e2e"}
+    sink = {
+        "type": "elasticsearch",
+        "hosts": [es_server.url],
+        "index": "logs-bad-%Y.%m.%d",
+        "dead_letter_index": "kubeobs-deadletter-e2e",
+    }
     collector = CollectorProcess(tmp_path, collector_config(logs, tmp_path / "state", sink))
     collector.start()
     wait_until(
@@ -73,8 +79,10 @@ def test_long_partial_split_invalid_utf8_and_malformed_lines(
     assert docs[0]["message"] == "first" and docs[-1]["message"] == "last"
     joined = [d for d in docs if d["message"].startswith("00000a")]
     assert len(joined) == 1 and joined[0]["message"].encode() == fifty_kb and "kubeobs" not in joined[0]
-    parts = sorted((d for d in docs if d["message"].startswith(("0", "b")) and "kubeobs" in d),
-                   key=lambda d: d["kubeobs"]["split"]["part"])
+    parts = sorted(
+        (d for d in docs if d["message"].startswith(("0", "b")) and "kubeobs" in d),
+        key=lambda d: d["kubeobs"]["split"]["part"],
+    )
     assert [p["kubeobs"]["split"]["part"] for p in parts] == [1, 2, 3]
     assert [p["kubeobs"]["split"]["last"] for p in parts] == [False, False, True]
     assert "".join(p["message"] for p in parts).encode() == three_mb
@@ -82,7 +90,10 @@ def test_long_partial_split_invalid_utf8_and_malformed_lines(
     bad = by_msg["bad utf8 \ufffd( \ufffd end"[:20]]
     assert "invalid_utf8" in bad["tags"]
     malformed = [d for d in docs if "parse_error" in d.get("tags", [])]
-    assert sorted(d["message"] for d in malformed) == ['{"log": "broken json', "this is not a container log line"]
+    assert sorted(d["message"] for d in malformed) == [
+        '{"log": "broken json',
+        "this is not a container log line",
+    ]
     assert all(d["error"]["message"] for d in malformed)
     assert metrics["kubeobs_collector_parse_errors_total"] == 2
     assert metrics["kubeobs_collector_invalid_utf8_total"] == 1

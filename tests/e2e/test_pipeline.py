@@ -106,7 +106,9 @@ def test_three_pods_rotation_copytruncate_into_elasticsearch(
         assert metrics['kubeobs_collector_rotations_total{kind="rename"}'] >= PODS
         assert metrics['kubeobs_collector_rotations_total{kind="truncate"}'] >= PODS
         assert metrics["kubeobs_collector_lines_read_total"] >= total
-        assert not any(k.startswith("kubeobs_collector_records_dropped_total{") and v for k, v in metrics.items())
+        assert not any(
+            k.startswith("kubeobs_collector_records_dropped_total{") and v for k, v in metrics.items()
+        )
         docs = es_docs(es, "logs-e2e-*")
         check_exactly_once((d["message"] for d in docs), want)
         for d in docs[:: len(docs) // 50]:
