@@ -9,6 +9,8 @@ re-create every record not yet emitted: the end of the record's line, or, while 
 earlier line are still pending (in any stream), the first byte of the oldest pending piece. Records
 re-created after a restart get the same offset and so the same ``_id``.
 
+A line without a usable timestamp (a parse error) gets the time it was read, from ``now``.
+
 Size cap: a joined line longer than ``max_line_bytes`` is emitted in parts of at most that size (cut on a
 UTF-8 boundary), numbered from 1, the last one marked; nothing is dropped. A physical line longer than
 the cap (no newline yet) is handled the same way: a CRI line is streamed as partial pieces, anything else
@@ -17,9 +19,11 @@ is emitted raw, flagged as a parse error, in parts.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from collector.parse import STDOUT, cri_header_length, decode_message, parse_line, utf8_cut
+from collector.parse import STDOUT, cri_header_length, decode_message, parse_line, rfc3339_nano, utf8_cut
 from collector.record import FileInfo, Record
 
 TAG_INVALID_UTF8 = "invalid_utf8"
@@ -49,8 +53,11 @@ class Stats:
 
 
 class LineAssembler:
-    def __init__(self, info: FileInfo, start_offset: int, max_line_bytes: int) -> None:
+    def __init__(
+        self, info: FileInfo, start_offset: int, max_line_bytes: int, now: Callable[[], float] = time.time
+    ) -> None:
         self.info = info
+        self.now = now
         self.max_line = max_line_bytes
         self.buf = b""  # bytes of an unfinished physical line
         self.buf_offset = start_offset  # file offset of buf[0]
@@ -170,6 +177,8 @@ class LineAssembler:
         error: str | None = None,
     ) -> Record:
         msg, valid = decode_message(raw)
+        if not ts:
+            ts = rfc3339_nano(self.now())
         tags: list[str] = []
         if not valid:
             tags.append(TAG_INVALID_UTF8)

@@ -13,6 +13,7 @@ as the message, so the caller ships it flagged instead of dropping it.
 
 from __future__ import annotations
 
+import time
 from typing import NamedTuple
 
 import orjson
@@ -131,3 +132,10 @@ def parse_k8s_filename(path: str) -> dict[str, str]:
         out.setdefault("container", parts[-2])
         out["pod_uid"] = uid
     return out
+
+
+def rfc3339_nano(epoch_seconds: float) -> str:
+    """``2026-11-26T19:01:02.123456789Z`` for a UNIX time (used when a line carries no timestamp)."""
+    ns = int(epoch_seconds * 1e9)
+    sec, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"

@@ -30,7 +30,7 @@ from collector.clock import Clock
 from collector.config import CollectorConfig
 from collector.metrics import PipelineMetrics
 from collector.record import Record
-from collector.sinks.base import DELIVERED, PermanentError, Sink, Status, TemporaryError
+from collector.sinks.base import DELIVERED, Outcome, PermanentError, Sink, Status, TemporaryError
 from collector.source import ContainerLogsSource
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,21 @@ class Delivery:
             t0 = self.clock.monotonic()
             try:
                 outcomes = await self.sink.write(pending)
-            except (TemporaryError, PermanentError) as e:
+            except PermanentError as e:
+                if e.status == 413 and len(pending) > 1:  # too large for the server: halve and go on
+                    log.warning(
+                        "sink %s: request too large (413); splitting a batch of %d", self.name, len(pending)
+                    )
+                    half = len(pending) // 2
+                    await self.deliver(Batch(batch.id, batch.created, pending[:half]))
+                    await self.deliver(Batch(batch.id, batch.created, pending[half:]))
+                    return
+                m.bulk_requests.labels(self.name, "error").inc()
+                m.retried.labels(self.name, "request_failed").inc(len(pending))
+                self._trouble(f"request to sink {self.name} failed permanently; fix and it resumes", e)
+                await asyncio.sleep(self.cap)
+                continue
+            except TemporaryError as e:
                 m.bulk_requests.labels(self.name, "error").inc()
                 m.retried.labels(self.name, "request_failed").inc(len(pending))
                 self._trouble(f"request to sink {self.name} failed", e)
@@ -169,7 +183,7 @@ class Delivery:
                 return
             retry: list[Record] = []
             rejected: list[Record] = []
-            errors: list[str] = []
+            errors: list[Outcome] = []
             delivered = 0
             for rec, o in zip(pending, outcomes, strict=True):
                 if o.status is Status.DELIVERED:
@@ -178,7 +192,7 @@ class Delivery:
                     retry.append(rec)
                 else:
                     rejected.append(rec)
-                    errors.append(o.error or "rejected")
+                    errors.append(o)
             m.delivered.labels(self.name).inc(delivered)
             if rejected:
                 await self._dead_letter(rejected, errors)
@@ -190,10 +204,10 @@ class Delivery:
                 attempt = 0
             pending = retry
 
-    async def _dead_letter(self, records: list[Record], errors: list[str]) -> None:
+    async def _dead_letter(self, records: list[Record], errors: list[Outcome]) -> None:
         attempt = 0
         for rec, err in zip(records, errors, strict=True):
-            log.warning("dead-lettering %s offset %d: %s", rec.file.path, rec.offset, err)
+            log.warning("dead-lettering %s offset %d: %s", rec.file.path, rec.offset, err.error)
         while True:
             try:
                 await self.sink.dead_letter(records, errors)

@@ -138,7 +138,7 @@ class ContainerLogsSource:
 
     def _open(self, path: str, opened: Opened, offset: int, now: float, *, new: bool) -> TailedFile:
         info = make_file_info(opened.key, path, opened.real_path, self.node)
-        f = TailedFile(opened, path, info, offset, self.cfg.max_line_bytes, now)
+        f = TailedFile(opened, path, info, offset, self.cfg.max_line_bytes, now, self.clock.time)
         if new:
             self.store.set(f.key, Entry(path, opened.real_path, opened.dev, opened.ino, opened.fp, offset))
         self.metrics.files_open.inc()

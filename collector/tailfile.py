@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from collector.lines import LineAssembler
@@ -96,7 +97,14 @@ def open_identified(path: str) -> Opened | None:
 
 class TailedFile:
     def __init__(
-        self, opened: Opened, path: str, info: FileInfo, offset: int, max_line_bytes: int, now: float
+        self,
+        opened: Opened,
+        path: str,
+        info: FileInfo,
+        offset: int,
+        max_line_bytes: int,
+        now: float,
+        wall_clock: Callable[[], float],
     ) -> None:
         self.fd = opened.fd
         self.path = path
@@ -105,7 +113,7 @@ class TailedFile:
         self.fp, self.fp_len = opened.fp, opened.fp_len
         self.key = opened.key
         self.info = info
-        self.asm = LineAssembler(info, offset, max_line_bytes)
+        self.asm = LineAssembler(info, offset, max_line_bytes, wall_clock)
         self.rotated = False  # the path no longer leads here: finish and close
         self.last_data = now
         self.size = offset  # last size seen by fstat

@@ -9,7 +9,8 @@ Contract:
   (same ``Record.id``) counts as ``DELIVERED``: ids are deterministic, so a re-send is harmless.
 - A failure of the whole request (connection refused, HTTP 5xx/429 for the request) raises
   :class:`TemporaryError`; anything that retrying cannot fix raises :class:`PermanentError`.
-- ``dead_letter(records, errors)`` stores rejected records with their error, or raises
+- ``dead_letter(records, errors)`` stores rejected records with their error (the rejection text, or
+  the :class:`Outcome` itself, which also carries the HTTP status), or raises
   ``TemporaryError`` when the dead-letter store itself is unavailable.
 """
 
@@ -23,12 +24,18 @@ from typing import Protocol
 from collector.record import Record
 
 
-class TemporaryError(Exception):
+class SinkError(Exception):
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status of the whole request, when there was one
+
+
+class TemporaryError(SinkError):
     """Retry later (with backoff)."""
 
 
-class PermanentError(Exception):
-    """Retrying will not help (bad credentials, bad configuration)."""
+class PermanentError(SinkError):
+    """Retrying the same request will not help (bad credentials, request too large: status 413)."""
 
 
 class Status(enum.Enum):
@@ -55,6 +62,6 @@ class Sink(Protocol):
 
     async def write(self, batch: Sequence[Record]) -> list[Outcome]: ...
 
-    async def dead_letter(self, records: Sequence[Record], errors: Sequence[str]) -> None: ...
+    async def dead_letter(self, records: Sequence[Record], errors: Sequence[str | Outcome]) -> None: ...
 
     async def close(self) -> None: ...

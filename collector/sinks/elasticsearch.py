@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
-from typing import Any, NoReturn, TypeVar, cast
+from typing import Any, NoReturn, TypeVar
 
 from elastic_transport import TlsError
 from elasticsearch import (
@@ -53,6 +53,7 @@ from collector.sinks.bulk import (
 
 # What classification reads; everything else in a bulk response is skipped by the server.
 BULK_FILTER_PATH = "errors,items.*.status,items.*.error"
+_BULK_HEADERS = {"accept": "application/json", "content-type": "application/x-ndjson"}
 TEMPLATE_PRIORITY = 200  # above Elasticsearch's built-in "logs" template (logs-*-*, priority 100)
 
 _KEYWORD: dict[str, Any] = {"type": "keyword"}
@@ -133,7 +134,8 @@ def templates(config: ElasticsearchSink) -> dict[str, dict[str, Any]]:
         },
         f"{config.template_name}-deadletter": {
             "index_patterns": [config.dead_letter_index],
-            "priority": TEMPLATE_PRIORITY,
+            # one above: wins (rather than clashing) if the logs pattern also matches this name
+            "priority": TEMPLATE_PRIORITY + 1,
             "template": {"mappings": dead_letter_mappings()},
             "meta": meta,
         },
@@ -182,7 +184,7 @@ def _raise_for(exc: Exception, what: str) -> NoReturn:
         status = exc.meta.status
         if status == 429 or status >= 500:
             raise TemporaryError(f"{what}: HTTP {status}: {exc}") from exc
-        raise PermanentError(f"{what}: HTTP {status}: {exc}") from exc
+        raise PermanentError(f"{what}: HTTP {status}: {exc}", status) from exc
     if isinstance(exc, TlsError):
         raise PermanentError(f"{what}: TLS error: {exc}") from exc
     raise TemporaryError(f"{what}: {exc}") from exc
@@ -231,10 +233,20 @@ class ElasticsearchSinkImpl:
             )
 
     async def _bulk(self, what: str, body: bytes, count: int) -> list[Outcome]:
+        # POST, not the PUT of the client's bulk(): aiohttp silently re-sends an idempotent-method
+        # request once when the connection drops, and retries belong to the delivery loop (one place
+        # retries, counts and logs). The body goes through _BytesNdjsonSerializer untouched.
         response = await self._call(
             what,
-            # The client's type says "sequence of mappings"; its NDJSON serializer takes bytes as is.
-            self._client.bulk(operations=cast(Any, body), filter_path=BULK_FILTER_PATH),
+            self._client.perform_request(
+                "POST",
+                "/_bulk",
+                params={"filter_path": BULK_FILTER_PATH},
+                headers=_BULK_HEADERS,
+                body=body,
+                endpoint_id="bulk",
+                path_parts={},
+            ),
         )
         return classify_bulk_response(response.body, count)
 

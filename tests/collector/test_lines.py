@@ -145,6 +145,7 @@ def test_malformed_line_becomes_flagged_record(line: bytes) -> None:
     recs, _ = feed_all(line + b"\n" + cri("next"))
     assert recs[0].error is not None and TAG_PARSE_ERROR in recs[0].tags
     assert recs[0].message == line.decode()
+    assert recs[0].timestamp.endswith("Z") and len(recs[0].timestamp) == 30  # the time it was read
     assert recs[1].message == "next" and recs[1].error is None
 
 

@@ -41,12 +41,16 @@ def run_collector(
     }
     collector = CollectorProcess(tmp_path, collector_config(logs, tmp_path / "state", sink))
     collector.start()
-    wait_until(
-        "documents in the index",
-        lambda: es_count(es, "logs-bad-*") >= expect_docs,
-        120,
-        lambda: f"{es_count(es, 'logs-bad-*')}/{expect_docs}; {collector.stderr()[-3000:]}",
-    )
+    try:
+        wait_until(
+            "documents in the index",
+            lambda: es_count(es, "logs-bad-*") >= expect_docs,
+            120,
+            lambda: f"{es_count(es, 'logs-bad-*')}/{expect_docs}; {collector.stderr()[-3000:]}",
+        )
+    except BaseException:
+        collector.stop()
+        raise
     return collector
 
 
@@ -90,10 +94,9 @@ def test_long_partial_split_invalid_utf8_and_malformed_lines(
     bad = by_msg["bad utf8 \ufffd( \ufffd end"[:20]]
     assert "invalid_utf8" in bad["tags"]
     malformed = [d for d in docs if "parse_error" in d.get("tags", [])]
-    assert sorted(d["message"] for d in malformed) == [
-        '{"log": "broken json',
-        "this is not a container log line",
-    ]
+    assert sorted(d["message"] for d in malformed) == sorted(
+        ['{"log": "broken json', "this is not a container log line"]
+    )
     assert all(d["error"]["message"] for d in malformed)
     assert metrics["kubeobs_collector_parse_errors_total"] == 2
     assert metrics["kubeobs_collector_invalid_utf8_total"] == 1

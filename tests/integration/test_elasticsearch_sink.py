@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.error
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,7 +15,7 @@ from collector.config import ElasticsearchSink
 from collector.record import FileInfo, Record
 from collector.sinks.base import DELIVERED, Outcome, PermanentError, Status, TemporaryError
 from collector.sinks.elasticsearch import ElasticsearchSinkImpl, build, client_options, templates
-from tests.support.servers import EsServer
+from tests.support.servers import EsServer, http_json
 
 FILE = FileInfo(
     key="2049:77:beef",
@@ -85,7 +86,15 @@ async def env(es_server: EsServer) -> AsyncIterator[Env]:
     await e.close()
 
 
-async def test_start_installs_the_templates(env: Env) -> None:
+@pytest.fixture
+async def shared_env(es_server_shared: EsServer) -> AsyncIterator[Env]:
+    e = Env(es_server_shared)
+    yield e
+    await e.close()
+
+
+async def test_start_installs_the_templates(shared_env: Env) -> None:
+    env = shared_env
     await env.sink.start()
     resp = await env.es.indices.get_index_template(name=env.config.template_name)
     template = resp["index_templates"][0]["index_template"]
@@ -170,6 +179,23 @@ async def test_invalid_timestamp_is_rejected_and_dead_lettered(env: Env) -> None
     await env.sink.dead_letter([batch[2]], [bad.error])
     mapping = (await env.es.indices.get_mapping(index=dl))[dl]["mappings"]["properties"]
     assert mapping["kubeobs"]["properties"]["original"]["index"] is False
+
+
+async def test_dead_letter_of_a_document_the_mapping_refuses(env: Env) -> None:
+    await env.sink.start()
+    odd = FileInfo(
+        key="1:2:3", path="/var/log/containers/odd.log", id_prefix="0dd", kubernetes={"pod": "oops"}
+    )
+    (record,) = make_records(1)
+    record.file = odd
+    (outcome,) = await env.sink.write([record])
+    assert outcome.status is Status.REJECTED
+    # the same `kubernetes` object is refused by the dead-letter index too: it is stored without it
+    await env.sink.dead_letter([record], [outcome])
+    doc = (await env.es.get(index=env.config.dead_letter_index, id=record.id))["_source"]
+    assert "kubernetes" not in doc
+    assert doc["message"] == record.message
+    assert orjson.loads(doc["kubeobs"]["original"])["kubernetes"] == {"pod": "oops"}
 
 
 async def test_bulk_item_429s_are_retried(env: Env) -> None:
@@ -268,6 +294,24 @@ async def test_request_timeout_is_temporary(env: Env) -> None:
             await sink.write(make_records(1))
     finally:
         await sink.close()
+
+
+def test_proxy_refuses_bad_rules_and_resets_stats(es_server: EsServer) -> None:
+    for bad in ({"action": "explode"}, {"action": "status"}, {"action": "delay", "seconds": 1, "x": 1}):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            es_server.set_faults([bad])
+        e.value.close()
+        assert e.value.code == 400
+    es_server.set_faults([{"action": "status", "status": 500, "times": 1, "probability": 1}])
+    with pytest.raises(urllib.error.HTTPError) as e:
+        http_json("GET", es_server.url + "/")
+    e.value.close()
+    assert e.value.code == 500
+    assert e.value.headers["X-Elastic-Product"] == "Elasticsearch"
+    assert http_json("GET", es_server.url + "/")["cluster_name"]  # `times` used up
+    assert es_server.stats()["requests"] == 2
+    es_server.reset_stats()
+    assert es_server.stats()["requests"] == 0
 
 
 def test_client_options() -> None:

@@ -91,7 +91,7 @@ def wait_for(proc: ManagedProcess, what: str, probe: Callable[[], T | None], tim
         if value is not None:
             return value
         if not proc.running():
-            raise proc.fail(f"exited with status {proc.process.returncode} before {what}")
+            raise proc.fail(f"exited with status {proc.process.returncode} while waiting to {what}")
         if time.monotonic() > deadline:
             raise proc.fail(f"did not {what} within {timeout:.0f} s")
         time.sleep(0.02)
