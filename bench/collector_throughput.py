@@ -185,6 +185,20 @@ def memory_kb(pid: int) -> dict[str, int]:
     return out
 
 
+def core_busy_seconds(cpu: int) -> float | None:
+    """Seconds CPU ``cpu`` spent on anything but idle and iowait since boot (/proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith(f"cpu{cpu} "):
+                    ticks = [int(x) for x in line.split()[1:]]
+                    # user nice system idle iowait irq softirq steal [guest guest_nice: inside user]
+                    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / CLK_TCK
+    except OSError:
+        return None
+    return None
+
+
 def thread_count(pid: int) -> int:
     try:
         return len(os.listdir(f"/proc/{pid}/task"))
@@ -305,16 +319,23 @@ class Result:
     content_types: dict[str, int] = field(default_factory=dict)
     sample: str = ""  # the first action and document the endpoint received
     endpoint_cpu_s: float | None = None  # the null endpoint's own CPU: near wall_s means it was the limit
+    others_on_core_s: float | None = None  # CPU time other processes took on the shipper's core meanwhile
     exit_code: int | None = None
     shutdown_s: float | None = None  # SIGTERM -> exit
     notes: list[str] = field(default_factory=list)
 
 
 def measure(
-    result: Result, shipper: Child, endpoint: Endpoint, started: float, timeout: float, stall: float
+    result: Result,
+    shipper: Child,
+    endpoint: Endpoint,
+    started: float,
+    args: argparse.Namespace,
+    core_busy: float | None,
 ) -> None:
     """Sample the shipper until the endpoint has every line (or a limit is hit); fill ``result``."""
     expect = result.lines_expected
+    timeout, stall = args.timeout, args.stall_timeout
     deadline = started + timeout
     last_items, last_progress = -1, time.monotonic()
     cpu: tuple[float, float] | None = None
@@ -354,6 +375,9 @@ def measure(
     if mem:
         result.peak_rss_mb = mem.get("VmHWM", 0) / 1024
         result.rss_at_end_mb = mem.get("VmRSS", 0) / 1024
+    busy_now = core_busy_seconds(args.shipper_cpu)
+    if busy_now is not None and core_busy is not None and result.cpu_s is not None:
+        result.others_on_core_s = max(0.0, busy_now - core_busy - result.cpu_s)
     ep_cpu = cpu_seconds(endpoint.child.pid)
     if ep_cpu is not None:
         result.endpoint_cpu_s = ep_cpu[0] + ep_cpu[1]
@@ -392,13 +416,14 @@ def run_shipper(
     profile: Path | None = None,
 ) -> None:
     """Start the shipper pinned, measure it, stop it, and check what the endpoint received."""
+    core_busy = core_busy_seconds(args.shipper_cpu)
     started = time.monotonic()
     shipper = children.spawn(result.shipper, pinned(args.shipper_cpu, argv), run_dir, cwd=cwd, env=env)
     spy: Child | None = None
     if profile is not None:
         spy = start_py_spy(children, run_dir, args.aux_cpu, shipper.pid, profile)
     try:
-        measure(result, shipper, endpoint, started, args.timeout, args.stall_timeout)
+        measure(result, shipper, endpoint, started, args, core_busy)
         if result.status == "ok":
             time.sleep(args.settle)  # late duplicates (a re-sent batch) would show up here
             count = endpoint.count()
@@ -414,10 +439,21 @@ def run_shipper(
     finally:
         result.exit_code, result.shutdown_s = shipper.stop()
         if spy is not None:
-            code, _ = spy.stop(timeout=60)
+            code = finish_py_spy(spy)
             result.notes.append(
                 f"profiled with py-spy ({profile}, exit {code}): figures include its overhead"
             )
+
+
+def finish_py_spy(spy: Child) -> int | None:
+    """py-spy writes its file once the target exited: let it, then SIGINT (it saves), then stop it."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        return spy.proc.wait(60)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(spy.pid, signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        return spy.proc.wait(30)
+    return spy.stop()[0]
 
 
 def start_py_spy(children: Children, run_dir: Path, cpu: int, pid: int, out: Path) -> Child:
@@ -425,7 +461,7 @@ def start_py_spy(children: Children, run_dir: Path, cpu: int, pid: int, out: Pat
     if spy is None:
         raise BenchError("--profile needs py-spy: pip install py-spy")
     fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(out.suffix, "raw")
-    argv = [spy, "record", "--pid", str(pid), "--rate", "200", "--format", fmt, "--output", str(out)]
+    argv = [spy, "record", "--pid", str(pid), "--rate", "250", "--gil", "--format", fmt, "--output", str(out)]
     return children.spawn("py-spy", pinned(cpu, argv), run_dir)
 
 
@@ -484,9 +520,8 @@ def collector_config(args: argparse.Namespace, log_dir: Path, run_dir: Path, end
     return path
 
 
-def run_ours(args: argparse.Namespace, log_dir: Path, work: Path, children: Children) -> Result:
+def run_ours(args: argparse.Namespace, log_dir: Path, run_dir: Path, children: Children) -> Result:
     result = Result("kubeobs collector", git_version(), lines_expected=args.lines)
-    run_dir = work / "ours"
     run_dir.mkdir()
     try:
         endpoint = start_endpoint(children, run_dir, args.aux_cpu, args.lines)
@@ -540,42 +575,54 @@ def find_rsyslog(install: bool) -> tuple[str | None, str]:
     return find_rsyslog(install=False)
 
 
+PEER_DOCS = {
+    "full": "our document: CRI fields (mmnormalize), file path and offset, node, and the Kubernetes names "
+    "from the file name (4 regex submatches)",
+    "cri": "CRI fields (mmnormalize), file path and offset; no Kubernetes names",
+    "raw": "the raw line as message and the file path (the least work)",
+}
+
+
 def rsyslog_config(log_dir: Path, run_dir: Path, endpoint: Endpoint, doc: str, batch: int) -> str:
-    """imfile (read from the head) -> omelasticsearch (bulk, create, deterministic ids, ES 8)."""
+    """imfile (read from the head) -> omelasticsearch (bulk, create, deterministic ids, ES 8).
+
+    ``doc`` is one of :data:`PEER_DOCS`. Every variant uses ``create`` with a deterministic ``_id``
+    (file path and offset) and a daily index named from the line's timestamp, like ours.
+    """
     work = run_dir / "work"
     work.mkdir()
-    ts = 'name="msg" field.delimiter="32" field.number="1"'
-    fname = "^.*/([^_/]+)_([^_/]+)_(.+)-([0-9a-f]{64})[.]log$"  # no backslashes: rsyslog escapes
-    if doc == "full":
-        # the same document as ours: ECS names, CRI fields, Kubernetes names from the file name
+    where = [
+        'property(outname="log.file.path" name="$!metadata!filename" format="jsonf")',
+        'property(outname="log.offset" name="$!metadata!fileoffset" format="jsonf" datatype="number")',
+    ]
+    if doc == "raw":
+        fields = ['property(outname="message" name="msg" format="jsonf")', where[0]]
+    else:
         fields = [
-            f'property(outname="@timestamp" {ts} format="jsonf")',
-            'property(outname="stream" name="msg" field.delimiter="32" field.number="2" format="jsonf")',
-            'property(outname="message" name="msg" regex.type="ERE" regex.submatch="1" '
-            'regex.expression="^[^ ]+ [^ ]+ [^ ]+ (.*)$" format="jsonf")',
-            'property(outname="log.file.path" name="$!metadata!filename" format="jsonf")',
-            'property(outname="log.offset" name="$!metadata!fileoffset" format="jsonf" datatype="number")',
-            'constant(outname="kubernetes.node.name" value="bench" format="jsonf")',
+            'property(outname="@timestamp" name="$!timestamp" format="jsonf")',
+            'property(outname="message" name="$!message" format="jsonf")',
+            'property(outname="stream" name="$!stream" format="jsonf")',
+            *where,
         ]
-        for n, key in enumerate(
-            ("kubernetes.pod.name", "kubernetes.namespace", "kubernetes.container.name", "container.id"),
-            start=1,
-        ):
+    if doc == "full":
+        fields.append('constant(outname="kubernetes.node.name" value="bench" format="jsonf")')
+        fname = "^.*/([^_/]+)_([^_/]+)_(.+)-([0-9a-f]{64})[.]log$"  # no backslashes: rsyslog unescapes
+        keys = ("kubernetes.pod.name", "kubernetes.namespace", "kubernetes.container.name", "container.id")
+        for n, key in enumerate(keys, start=1):
             fields.append(
                 f'property(outname="{key}" name="$!metadata!filename" regex.type="ERE" '
                 f'regex.submatch="{n}" regex.expression="{fname}" format="jsonf")'
             )
-    else:
-        # the least work: the raw line as the message
-        fields = [
-            'property(outname="message" name="msg" format="jsonf")',
-            'property(outname="log.file.path" name="$!metadata!filename" format="jsonf")',
-        ]
+    parse = ""
+    if doc != "raw":
+        rule = "rule=:%timestamp:word% %stream:word% %tag:word% %message:rest%"
+        parse = f'action(type="mmnormalize" useRawMsg="on" rule=["{rule}"])\n'
     body = "\n  ".join(fields)
-    return f"""# generated by bench/collector_throughput.py
+    return f"""# generated by bench/collector_throughput.py (--peer-doc {doc}: {PEER_DOCS[doc]})
 global(workDirectory="{work}" maxMessageSize="64k")
 main_queue(queue.type="FixedArray" queue.dequeueBatchSize="{batch}")
 module(load="imfile" mode="inotify")
+module(load="mmnormalize")
 module(load="omelasticsearch")
 
 template(name="doc" type="list" option.jsonf="on") {{
@@ -586,14 +633,14 @@ template(name="docid" type="string" string="%$!metadata!filename%-%$!metadata!fi
 
 input(type="imfile" file="{log_dir}/*.log" tag="kube:" addMetadata="on" freshStartTail="off")
 
-action(type="omelasticsearch" server="127.0.0.1" serverport="{endpoint.port}"
+{parse}action(type="omelasticsearch" server="127.0.0.1" serverport="{endpoint.port}"
        template="doc" searchIndex="index" dynSearchIndex="on"
        bulkmode="on" maxbytes="4m" esVersion.major="8"
        writeoperation="create" bulkid="docid" dynbulkid="on")
 """
 
 
-def run_rsyslog(args: argparse.Namespace, log_dir: Path, work: Path, children: Children) -> Result:
+def run_rsyslog(args: argparse.Namespace, log_dir: Path, run_dir: Path, children: Children) -> Result:
     rsyslogd, why = find_rsyslog(args.install_peer)
     if rsyslogd is None:
         return Result("rsyslog", "not installed", status=f"skipped: {why}", lines_expected=args.lines)
@@ -602,7 +649,6 @@ def run_rsyslog(args: argparse.Namespace, log_dir: Path, work: Path, children: C
         rsyslog_version(rsyslogd),
         lines_expected=args.lines,
     )
-    run_dir = work / "rsyslog"
     run_dir.mkdir()
     try:
         endpoint = start_endpoint(children, run_dir, args.aux_cpu, args.lines)
@@ -692,16 +738,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer", choices=["rsyslog", "none"], default="rsyslog", help="the peer to run too")
     p.add_argument(
         "--peer-doc",
-        choices=["full", "raw"],
+        choices=sorted(PEER_DOCS),
         default="full",
-        help="rsyslog's document: full = ours (CRI fields, k8s names from the file name, offset, "
-        "deterministic _id); raw = the raw line as message (least work)",
+        help="rsyslog's document: "
+        + "; ".join(f"{k} = {v}" for k, v in PEER_DOCS.items())
+        + " (default full)",
     )
     p.add_argument("--peer-batch", type=int, default=1024, help="rsyslog main queue dequeue batch size")
     p.add_argument(
         "--install-peer", action="store_true", help=f"as root, install rsyslog ({RSYSLOG_INSTALL})"
     )
     p.add_argument("--out", type=Path, help="write the results as JSON here")
+    p.add_argument(
+        "--repeat", type=int, default=1, help="runs per shipper (interleaved); rows show the median"
+    )
     p.add_argument("--shipper-cpu", type=int, default=1, help="CPU the shipper is pinned to (default 1)")
     p.add_argument("--aux-cpu", type=int, default=0, help="CPU for the endpoint and this script (default 0)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per shipper (default 600)")
@@ -714,7 +764,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a collector config key, e.g. --set sink.workers=4 --set sources.read_chunk_bytes=1048576",
+        help="override a collector config key (value in YAML), e.g. --set sink.workers=4 "
+        "--set queue_batches=2 --set sources.read_chunk_bytes=65536",
     )
     p.add_argument(
         "--profile",
@@ -746,10 +797,69 @@ def work_directory(given: Path | None, keep: bool) -> Iterator[Path]:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def median_run(runs: Sequence[Result]) -> Result:
+    """The run with the median CPU time among the successful ones (else the first run)."""
+    ok = sorted((r for r in runs if r.status == "ok" and r.cpu_s is not None), key=lambda r: r.cpu_s or 0.0)
+    return ok[(len(ok) - 1) // 2] if ok else runs[0]
+
+
+def report(args: argparse.Namespace, runs: dict[str, list[Result]]) -> tuple[str, dict[str, Any]]:
+    """The printed summary and the JSON document."""
+    chosen = {name: median_run(rs) for name, rs in runs.items() if rs}
+    ours = chosen["ours"]
+    peer = chosen.get("peer")
+    summary = ratios(ours, peer)
+    lines = [table(list(chosen.values())), ""]
+    if args.repeat > 1:
+        lines.append(f"each row is the median run by CPU time of {args.repeat}; all runs are in the JSON")
+    if "lines_per_cpu_s_ours_over_peer" in summary:
+        lines.append(f"lines per CPU-second, ours / rsyslog: {summary['lines_per_cpu_s_ours_over_peer']:.2f}")
+        lines.append(f"peak RSS, ours / rsyslog:             {summary['peak_rss_ours_over_peer']:.2f}")
+
+    def yes(key: str) -> str:
+        return "yes" if summary.get(key) else "no"
+
+    targets = (
+        f"targets: >= {TARGET_LINES_PER_S:,} lines/s: {yes('ours_meets_100k_lines_per_s')}; "
+        f"peak RSS < {TARGET_RSS_MB:.0f} MB: {yes('ours_rss_under_100_mb')}"
+    )
+    if "ours_at_least_peer_per_cpu_s" in summary:
+        targets += f"; >= rsyslog per CPU-second: {yes('ours_at_least_peer_per_cpu_s')}"
+    lines.append(targets)
+    for rs in runs.values():
+        for r in rs:
+            notes = ([r.status] if r.status != "ok" else []) + r.notes
+            if r.wall_s and r.others_on_core_s is not None and r.others_on_core_s > 0.05 * r.wall_s:
+                notes.append(
+                    f"other processes took {r.others_on_core_s:.2f}s of CPU {args.shipper_cpu} during the "
+                    "run: wall-time figures are disturbed (CPU seconds much less so)"
+                )
+            lines.extend(f"  {r.shipper}: {note}" for note in notes)
+    doc = {
+        "params": {
+            "lines": args.lines,
+            "files": args.files,
+            "line_bytes": args.line_bytes,
+            "repeat": args.repeat,
+            "peer": args.peer,
+            "peer_doc": args.peer_doc,
+            "peer_batch": args.peer_batch,
+            "shipper_cpu": args.shipper_cpu,
+            "aux_cpu": args.aux_cpu,
+            "collector_overrides": args.set,
+        },
+        "machine": machine(),
+        "results": [asdict(r) for r in chosen.values()],
+        "runs": {name: [asdict(r) for r in rs] for name, rs in runs.items()},
+        "summary": summary,
+    }
+    return "\n".join(lines), doc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.lines < 1 or args.files < 1 or args.files > args.lines:
-        print("collector_throughput: need --lines >= --files >= 1", file=sys.stderr)
+    if args.lines < 1 or args.files < 1 or args.files > args.lines or args.repeat < 1:
+        print("collector_throughput: need --lines >= --files >= 1 and --repeat >= 1", file=sys.stderr)
         return 2
     cpus = os.sched_getaffinity(0)
     for cpu in (args.shipper_cpu, args.aux_cpu):
@@ -759,8 +869,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.sched_setaffinity(0, {args.aux_cpu})  # keep this script off the shipper's core
     signal.signal(signal.SIGTERM, _raise_exit)
     children = Children()
-    results: list[Result] = []
-    peer: Result | None = None
+    runs: dict[str, list[Result]] = {"ours": []}
+    if args.peer == "rsyslog":
+        runs["peer"] = []
     try:
         with work_directory(args.workdir, args.keep) as work:
             log_dir = work / "logs"
@@ -768,57 +879,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_input(log_dir, args.lines, args.files, args.line_bytes)
             mb = args.lines * args.line_bytes / 1e6
             print(
-                f"input: {args.files} files, {args.lines} lines, {mb:.0f} MB in {time.monotonic() - t0:.1f}s"
+                f"input: {args.files} files, {args.lines} lines, {mb:.0f} MB, in {time.monotonic() - t0:.1f}s"
             )
-            print("running kubeobs collector ...", flush=True)
-            ours = run_ours(args, log_dir, work, children)
-            results.append(ours)
-            children.stop_all()
-            if args.peer == "rsyslog":
-                print("running rsyslog ...", flush=True)
-                peer = run_rsyslog(args, log_dir, work, children)
-                results.append(peer)
+            for i in range(1, args.repeat + 1):
+                print(f"run {i}/{args.repeat}: kubeobs collector ...", flush=True)
+                runs["ours"].append(run_ours(args, log_dir, work / f"ours-{i}", children))
                 children.stop_all()
+                if "peer" in runs:
+                    print(f"run {i}/{args.repeat}: rsyslog ...", flush=True)
+                    runs["peer"].append(run_rsyslog(args, log_dir, work / f"rsyslog-{i}", children))
+                    children.stop_all()
     finally:
         children.stop_all()
+    text, doc = report(args, runs)
     print()
-    print(table(results))
-    summary = ratios(results[0], peer)
-    print()
-    if "lines_per_cpu_s_ours_over_peer" in summary:
-        print(f"lines per CPU-second, ours / rsyslog: {summary['lines_per_cpu_s_ours_over_peer']:.2f}")
-        print(f"peak RSS, ours / rsyslog:             {summary['peak_rss_ours_over_peer']:.2f}")
-    print(
-        f"targets: >= {TARGET_LINES_PER_S:,} lines/s: {'yes' if summary['ours_meets_100k_lines_per_s'] else 'no'}; "
-        f"RSS < {TARGET_RSS_MB:.0f} MB: {'yes' if summary['ours_rss_under_100_mb'] else 'no'}"
-        + (
-            f"; >= rsyslog per CPU-second: {'yes' if summary['ours_at_least_peer_per_cpu_s'] else 'no'}"
-            if "ours_at_least_peer_per_cpu_s" in summary
-            else ""
-        )
-    )
-    for r in results:
-        for note in ([r.status] if r.status != "ok" else []) + r.notes:
-            print(f"  {r.shipper}: {note}")
+    print(text)
     if args.out is not None:
-        report = {
-            "params": {
-                "lines": args.lines,
-                "files": args.files,
-                "line_bytes": args.line_bytes,
-                "peer": args.peer,
-                "peer_doc": args.peer_doc,
-                "shipper_cpu": args.shipper_cpu,
-                "aux_cpu": args.aux_cpu,
-                "collector_overrides": args.set,
-            },
-            "machine": machine(),
-            "results": [asdict(r) for r in results],
-            "summary": summary,
-        }
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
         print(f"results written to {args.out}")
-    return 0 if all(r.status == "ok" or r.status.startswith("skipped") for r in results) else 1
+    every = [r for rs in runs.values() for r in rs]
+    return 0 if all(r.status == "ok" or r.status.startswith("skipped") for r in every) else 1
 
 
 if __name__ == "__main__":

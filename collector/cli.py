@@ -138,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("elastic_transport").setLevel(logging.WARNING)  # one line per request otherwise
     try:
         cfg = load_config(args.config) if args.config else CollectorConfig(sources=[ContainerLogsSource()])
     except ConfigError as e:

@@ -38,7 +38,14 @@ from collector.clock import Clock
 from collector.config import ContainerLogsSource as SourceConfig
 from collector.metrics import PipelineMetrics
 from collector.record import Record
-from collector.tailfile import Opened, TailedFile, make_file_info, open_identified, same_fingerprint
+from collector.tailfile import (
+    Opened,
+    TailedFile,
+    Truncated,
+    make_file_info,
+    open_identified,
+    same_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +106,13 @@ class ContainerLogsSource:
                 for f in list(self.files()):
                     if stop.is_set():
                         break
-                    got = f.read(chunk, now)
+                    try:
+                        got = f.read(chunk, now)
+                    except Truncated:
+                        self.by_path.pop(f.path, None)
+                        await self._handle_truncation(f)
+                        self._rescan_now = True
+                        continue
                     if got is None:
                         continue
                     recs, nbytes = got

@@ -62,6 +62,10 @@ def make_file_info(key: str, path: str, real_path: str, node: str) -> FileInfo:
     return FileInfo(key=key, path=path, id_prefix=prefix, kubernetes=k8s, container=container)
 
 
+class Truncated(Exception):
+    """The file was truncated (and maybe rewritten) under the reader."""
+
+
 @dataclass(slots=True)
 class Opened:
     fd: int
@@ -124,7 +128,13 @@ class TailedFile:
         return self.asm.read_offset
 
     def read(self, chunk: int, now: float) -> tuple[list[Record], int] | None:
-        """Read and assemble the next chunk. None at end of file."""
+        """Read and assemble the next chunk. None at end of file.
+
+        Raises :class:`Truncated` when the file no longer holds what was read from it (copytruncate):
+        checked before every read, so new content is never read at an offset of the old content.
+        """
+        if not self.rotated and self.check() == "truncated":
+            raise Truncated(self.path)
         data = os.pread(self.fd, chunk, self.asm.read_offset)
         if not data:
             return None

@@ -119,7 +119,7 @@ assert len(_MIGRATIONS) == SCHEMA_VERSION
 _LOG_COLUMNS = (
     "id, ts, ts_ns, namespace, pod, pod_uid, container, node, stream, message, offset, path, labels, doc"
 )
-_LOG_ROW = "(" + ", ".join("?" * _LOG_COLUMNS.count(",")) + ", ?)"
+_LOG_ROW = "(" + ", ".join(["?"] * len(_LOG_COLUMNS.split(","))) + ")"
 _INSERT_DEAD = "INSERT OR REPLACE INTO dead_letter (id, ts, error, doc) VALUES (?, ?, ?, ?)"
 
 _RFC3339 = re.compile(
@@ -330,6 +330,13 @@ def _insert_dead_letters(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) 
         raise
 
 
+def _error_text(error: str | Outcome) -> str:
+    if isinstance(error, str):
+        return error
+    text = error.error or error.status.value
+    return f"HTTP {error.http_status}: {text}" if error.http_status is not None else text
+
+
 class SqliteLogSink:
     """:class:`~collector.sinks.base.Sink` writing to one SQLite file (see the module docstring)."""
 
@@ -374,13 +381,13 @@ class SqliteLogSink:
         self.duplicates += len(batch) - inserted
         return [DELIVERED] * len(batch)
 
-    async def dead_letter(self, records: Sequence[Record], errors: Sequence[str]) -> None:
+    async def dead_letter(self, records: Sequence[Record], errors: Sequence[str | Outcome]) -> None:
         if len(records) != len(errors):
             raise ValueError("dead_letter: one error per record")
         rows = []
         for record, error in zip(records, errors, strict=True):
             doc, doc_json, _ = _dumps(record.document())
-            rows.append((record.id, doc["@timestamp"], error, doc_json))
+            rows.append((record.id, doc["@timestamp"], _error_text(error), doc_json))
         if rows:
             await self._run(lambda: _insert_dead_letters(self._connection(), rows))
 
@@ -401,7 +408,7 @@ class SqliteLogSink:
         try:
             await self._run(work)
         finally:
-            self._executor.shutdown(wait=True)
+            self._executor.shutdown(wait=True)  # its queue is empty now: returns at once
             self._executor = None
 
 

@@ -101,6 +101,7 @@ def test_line_formats(tmp_path: Path) -> None:
     for line in cri:
         m = CRI_LINE.fullmatch(line)
         assert m is not None, line
+        assert len(m.group(2)) == 10  # nine fractional digits
         tags.append(m.group(4))
         if m.group(4) == b"F" and (len(tags) < 2 or tags[-2] == b"F"):
             assert len(line) == 150  # a whole line has exactly --line-bytes
@@ -140,8 +141,7 @@ def test_docker_format_names_and_keep(tmp_path: Path) -> None:
 
 
 def test_same_seed_same_files(tmp_path: Path) -> None:
-    # docker: fixed-width timestamps, so the filler does not depend on the clock.
-    args = ("--lines", "50", "--format", "docker")
+    args = ("--lines", "50", "--format", "mixed", "--pods", "2")
     a = run_writer(tmp_path / "a", *args, "--seed", "3")
     b = run_writer(tmp_path / "b", *args, "--seed", "3")
     c = run_writer(tmp_path / "c", *args, "--seed", "4")
@@ -149,9 +149,31 @@ def test_same_seed_same_files(tmp_path: Path) -> None:
     assert name[0] == name[1] != name[2]
 
     def messages(s: dict[str, Any]) -> list[str]:
-        return [m for _, m in iter_messages(s["pods"]["app-0"]["file"])]
+        return [m for pod in ("app-0", "app-1") for _, m in iter_messages(s["pods"][pod]["file"])]
 
     assert messages(a) == messages(b) != messages(c)
+
+
+def test_trim_timestamps_like_containerd(tmp_path: Path) -> None:
+    summary = run_writer(tmp_path, "--lines", "3000", "--trim-timestamps")
+    fractions = []
+    for line in Path(summary["pods"]["app-0"]["file"]).read_bytes().splitlines(keepends=True):
+        m = CRI_LINE.fullmatch(line)
+        assert m is not None, line
+        fractions.append(m.group(2) or b"")
+    assert all(not f.endswith(b"0") for f in fractions)
+    assert len({len(f) for f in fractions}) > 1
+
+
+def test_copytruncate_pause(tmp_path: Path) -> None:
+    started = time.monotonic()
+    summary = run_writer(
+        tmp_path,
+        *("--pods", "2", "--lines", "500", "--copytruncate-at-bytes", "10000"),
+        *("--copytruncate-pause", "0.3"),
+    )
+    assert time.monotonic() - started >= 0.6
+    assert all(len(info["copies"]) == 1 for info in summary["pods"].values())
 
 
 def test_rate_limit(tmp_path: Path) -> None:
@@ -163,7 +185,13 @@ def test_rate_limit(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["--format", "json"], ["--pods", "0"], ["--rate", "-1"], ["--lines", "x"]],
+    [
+        ["--format", "json"],
+        ["--pods", "0"],
+        ["--rate", "-1"],
+        ["--lines", "x"],
+        ["--copytruncate-pause", "-1"],
+    ],
 )
 def test_bad_arguments_exit_2(tmp_path: Path, args: list[str]) -> None:
     proc = subprocess.run(

@@ -16,7 +16,7 @@ import pytest
 
 from collector.config import SqliteSink
 from collector.record import FileInfo, Record
-from collector.sinks.base import DELIVERED, PermanentError, TemporaryError
+from collector.sinks.base import DELIVERED, Outcome, PermanentError, Status, TemporaryError
 from collector.sinks.sqlite import SCHEMA_VERSION, SqliteLogSink, build, open_reader, rfc3339_to_ns
 
 CONTAINER_ID = "3b1f" * 16
@@ -311,19 +311,27 @@ async def test_replacement_characters_survive(sink: SqliteLogSink, db: Path) -> 
 
 async def test_dead_letter_is_stored(sink: SqliteLogSink, db: Path) -> None:
     f = file_info()
-    rejected = [record(f, 1, "bad one"), record(f, 2, "bad two")]
-    await sink.dead_letter(rejected, ["mapper_parsing_exception: x", "illegal_argument_exception: y"])
+    rejected = [record(f, 1, "bad one"), record(f, 2, "bad two"), record(f, 3, "bad three")]
+    await sink.dead_letter(
+        rejected,
+        [
+            "mapper_parsing_exception: x",
+            Outcome(Status.REJECTED, "illegal_argument_exception: y", 400),
+            Outcome(Status.REJECTED),
+        ],
+    )
     await sink.dead_letter(rejected[:1], ["mapper_parsing_exception: again"])
 
     rows = query(db, "SELECT id, ts, error, doc FROM dead_letter ORDER BY id")
     assert [(r[0], r[1], r[2]) for r in rows] == sorted(
         [
             (rejected[0].id, rejected[0].timestamp, "mapper_parsing_exception: again"),
-            (rejected[1].id, rejected[1].timestamp, "illegal_argument_exception: y"),
+            (rejected[1].id, rejected[1].timestamp, "HTTP 400: illegal_argument_exception: y"),
+            (rejected[2].id, rejected[2].timestamp, "rejected"),
         ]
     )
     docs = {orjson.loads(r[3])["message"] for r in rows}
-    assert docs == {"bad one", "bad two"}
+    assert docs == {"bad one", "bad two", "bad three"}
     assert query(db, "SELECT count(*) FROM logs") == [(0,)]
     with pytest.raises(ValueError):
         await sink.dead_letter(rejected, ["only one error"])

@@ -9,15 +9,19 @@ json-file format, rotated like the kubelet does, optionally copy-truncated once 
 
 Every message carries ``seq=<pod>:<n>`` (``n`` counts from 0 per pod), padded with filler so each
 whole on-disk line is ``--line-bytes`` long; :func:`parse_seq` reads the marker back, so a test can
-check that every line arrived exactly once. Timestamps are the wall clock in UTC: CRI as Go's
-RFC3339Nano writes them (trailing zeros trimmed, as containerd does), docker with 9 digits always.
+check that every line arrived exactly once. Timestamps are the wall clock in UTC with 9 fractional
+digits (``2026-11-26T19:01:02.123456789Z``); ``--trim-timestamps`` writes CRI timestamps as Go's
+RFC3339Nano does (trailing zeros trimmed, as containerd writes them).
 
 - ``--format mixed``: pod 0 CRI, pod 1 docker, pod 2 CRI, ...; one file keeps one format.
 - Rotation: when a file has grown past ``--rotate-bytes`` it is renamed to
   ``<name>.<YYYYmmdd-HHMMSS.ffffff>`` (not ending in ``.log``) and a new file is created at the old
   path. Rotated files are kept, or the newest ``--keep N`` of them.
 - ``--copytruncate-at-bytes B``: once per pod, when the file passes B bytes it is copied to
-  ``<name>.copy.1`` and truncated to 0 in place; writing goes on at offset 0.
+  ``<name>.copy.1`` and truncated to 0 in place; writing goes on at offset 0. Lines a tailer has not
+  read when the file is truncated exist only in the copy (that is copytruncate's known loss);
+  ``--copytruncate-pause S`` waits S seconds between the last write and the copy, so a tailer that
+  keeps up gets every line.
 - ``--stderr-every K``: every K-th line (n % K == K - 1) goes to stderr.
 - ``--partial-every K`` (CRI only): every K-th line is written as two ``P`` pieces and one ``F``.
 - Rotation and copytruncate happen between whole lines (never inside a P/P/F group), so each file
@@ -157,7 +161,8 @@ class PodWriter:
         stream = (
             "stderr" if opts.stderr_every and n % opts.stderr_every == opts.stderr_every - 1 else "stdout"
         )
-        ts = clock.now(trim=self.fmt == "cri")
+        trim = self.fmt == "cri" and opts.trim_timestamps
+        ts = clock.now(trim=trim)
         message = self._message(n, opts.line_bytes - self._overhead - len(ts))
         if self.fmt == "docker":
             data = _docker(ts, stream, message)
@@ -165,8 +170,8 @@ class PodWriter:
             a, b = len(message) // 3, 2 * len(message) // 3
             data = (
                 _cri(ts, stream, "P", message[:a])
-                + _cri(clock.now(trim=True), stream, "P", message[a:b])
-                + _cri(clock.now(trim=True), stream, "F", message[b:])
+                + _cri(clock.now(trim=trim), stream, "P", message[a:b])
+                + _cri(clock.now(trim=trim), stream, "F", message[b:])
             )
         else:
             data = _cri(ts, stream, "F", message)
@@ -207,6 +212,8 @@ class PodWriter:
 
     def _copytruncate(self) -> None:
         self.flush()
+        if self.opts.copytruncate_pause:
+            time.sleep(self.opts.copytruncate_pause)
         copy = f"{self.path}.copy.{len(self.copies) + 1}"
         shutil.copyfile(self.path, copy)
         self._fh.truncate(0)
@@ -248,6 +255,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--copytruncate-at-bytes", type=int, default=0, help="once per pod, copy+truncate past this size"
     )
+    p.add_argument(
+        "--copytruncate-pause", type=float, default=0, help="seconds to wait before the copytruncate"
+    )
     p.add_argument("--line-bytes", type=int, default=150, help="bytes per on-disk line, newline included")
     p.add_argument("--rate", type=float, default=0, help="lines per second over all pods; 0: no limit")
     p.add_argument("--seed", type=int, default=0)
@@ -255,13 +265,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--partial-every", type=int, default=0, metavar="K", help="CRI: every K-th line as P, P, F pieces"
     )
+    p.add_argument("--trim-timestamps", action="store_true", help="CRI: drop trailing zeros (containerd)")
     p.add_argument("--namespace", default=NAMESPACE)
     p.add_argument("--container", default=CONTAINER)
     opts = p.parse_args(argv)
     for name in ("pods", "lines", "rotate_bytes", "line_bytes"):
         if getattr(opts, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("copytruncate_at_bytes", "rate", "stderr_every", "partial_every"):
+    for name in ("copytruncate_at_bytes", "copytruncate_pause", "rate", "stderr_every", "partial_every"):
         if getattr(opts, name) < 0:
             p.error(f"--{name.replace('_', '-')} must not be negative")
     if opts.keep is not None and opts.keep < 0:
