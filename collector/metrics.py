@@ -15,6 +15,7 @@ kubeobs_collector_split_parts_total            parts emitted for lines over max_
 kubeobs_collector_files_open                   files open for reading
 kubeobs_collector_rotations_total              rotations seen, by kind (rename, truncate, delete)
 kubeobs_collector_files_lost_total             checkpointed files gone before they were read to end
+kubeobs_collector_read_errors_total            failed reads of log files (retried next round)
 kubeobs_collector_read_lag_bytes               bytes written to a file and not yet read, by path
 kubeobs_collector_bulk_requests_total          requests to the sink, by result
 kubeobs_collector_bulk_request_duration_seconds  sink request latency
@@ -72,6 +73,7 @@ class PipelineMetrics:
         self.split_parts = Counter(f"{NS}_split_parts", "Parts of lines over max_line_bytes.", registry=r)
         self.files_open = Gauge(f"{NS}_files_open", "Files open for reading.", registry=r)
         self.rotations = Counter(f"{NS}_rotations", "Rotations seen.", ["kind"], registry=r)
+        self.read_errors = Counter(f"{NS}_read_errors", "Failed reads of log files (retried).", registry=r)
         self.files_lost = Counter(
             f"{NS}_files_lost", "Checkpointed files gone before they were read to the end.", registry=r
         )

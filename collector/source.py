@@ -76,6 +76,7 @@ class ContainerLogsSource:
         self._wake = asyncio.Event()
         self._rescan_now = True
         self._observer: Any = None
+        self._read_errors: set[str] = set()  # files whose read error was logged (logged once each)
 
     # -- public ----------------------------------------------------------------------------------------
     def files(self) -> Iterable[TailedFile]:
@@ -112,6 +113,9 @@ class ContainerLogsSource:
                         self.by_path.pop(f.path, None)
                         await self._handle_truncation(f)
                         self._rescan_now = True
+                        continue
+                    except OSError as e:  # EIO and friends: keep the file, try again next round
+                        self._read_error(f, e)
                         continue
                     if got is None:
                         continue
@@ -286,6 +290,12 @@ class ContainerLogsSource:
             await self.emit(recs)
         await self.on_close(f.key, f.offset)
 
+    def _read_error(self, f: TailedFile, e: OSError) -> None:
+        if f.key not in self._read_errors:
+            log.error("cannot read %s: %s (will keep trying)", f.path, e)
+            self._read_errors.add(f.key)
+        self.metrics.read_errors.inc()
+
     def _count(self, f: TailedFile, nbytes: int) -> None:
         m, s = self.metrics, f.asm.stats
         m.bytes_read.inc(nbytes)
@@ -320,11 +330,20 @@ class ContainerLogsSource:
 
         observer = Observer()
         dirs = {_static_dir(p) for p in self.cfg.paths}
-        for d in dirs:
-            if os.path.isdir(d):
-                observer.schedule(Handler(), d, recursive=False)
-        observer.daemon = True
-        observer.start()
+        try:
+            for d in dirs:
+                if os.path.isdir(d):
+                    observer.schedule(Handler(), d, recursive=False)
+            observer.daemon = True
+            observer.start()
+        except OSError as e:  # e.g. inotify watch limit reached: the periodic rescan still finds files
+            log.warning(
+                "cannot watch %s for new files (%s); relying on rescans every %.1fs",
+                ", ".join(sorted(dirs)),
+                e,
+                self.cfg.rescan_interval,
+            )
+            return
         self._observer = observer
 
     def _on_fs_event(self, kind: str) -> None:
