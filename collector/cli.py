@@ -12,7 +12,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
@@ -110,6 +110,7 @@ async def serve(cfg: CollectorConfig, stop: asyncio.Event | None = None) -> None
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     registry = CollectorRegistry()
+    ProcessCollector(registry=registry)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
     metrics = PipelineMetrics(registry)
     sink = build_sink(cfg.sink)
     pipeline = Pipeline(cfg, sink, metrics, SystemClock())
@@ -147,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_config:
         print("config ok")
         return 0
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series beside counters
     _install_uvloop()
     asyncio.run(serve(cfg))
     return 0

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(Exception):
@@ -91,6 +91,19 @@ class ElasticsearchSink(_BatchSettings):
     ca_certs: str | None = Field(None, description="CA bundle for https hosts")
     verify_certs: bool = True
     request_timeout: float = Field(30.0, gt=0, description="seconds per bulk request")
+
+    @model_validator(mode="after")
+    def _auth(self) -> ElasticsearchSink:
+        if self.api_key is not None and self.username is not None:
+            raise ValueError("set either username/password or api_key, not both")
+        if self.password is not None and self.username is None:
+            raise ValueError("password given without username")
+        if self.ca_certs is not None and not os.path.isfile(self.ca_certs):
+            raise ValueError(f"ca_certs: no such file: {self.ca_certs}")
+        for h in self.hosts:
+            if not re.match(r"https?://[^/\s]+", h):
+                raise ValueError(f"hosts: expected http(s)://host:port, got {h!r}")
+        return self
 
 
 class SqliteSink(_BatchSettings):
@@ -155,7 +168,7 @@ def _path(loc: tuple[int | str, ...]) -> str:
     parts: list[str] = []
     for i, p in enumerate(loc):
         # drop discriminated-union tags, e.g. ('sink', 'elasticsearch', 'hostz')
-        if i > 0 and loc[i - 1] == "sink" and p in ("elasticsearch", "sqlite") and len(loc) > i + 1:
+        if i > 0 and loc[i - 1] == "sink" and p in ("elasticsearch", "sqlite"):
             continue
         parts.append(f"[{p}]" if isinstance(p, int) else ("." if parts else "") + str(p))
     return "".join(parts) or "(top level)"
@@ -171,7 +184,7 @@ def format_validation_error(err: ValidationError) -> str:
         elif e["type"] == "missing":
             msg = "required key is missing"
         else:
-            msg = e["msg"]
+            msg = e["msg"].removeprefix("Value error, ")
             if "input" in e and not isinstance(e["input"], dict | list):
                 msg += f" (got {e['input']!r})"
         lines.append(f"{where}: {msg}")

@@ -141,7 +141,13 @@ class Delivery:
                     self.started = True
                     self._recovered()
                 except (TemporaryError, PermanentError) as e:
-                    self._trouble(f"cannot start sink {self.name}", e)
+                    # permanent (credentials, TLS): retrying alone will not fix it, but an operator might
+                    hint = (
+                        " (permanent: fix the configuration or the server)"
+                        if isinstance(e, PermanentError)
+                        else ""
+                    )
+                    self._trouble(f"cannot start sink {self.name}{hint}", e)
                     await asyncio.sleep(self.backoff(attempt))
                     attempt += 1
 

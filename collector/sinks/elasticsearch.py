@@ -25,6 +25,8 @@ Example::
 
 from __future__ import annotations
 
+import base64
+import ssl
 from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar
@@ -166,13 +168,21 @@ def client_options(config: ElasticsearchSink) -> dict[str, Any]:
         },
     }
     if config.username is not None:
-        options["basic_auth"] = (config.username, config.password or "")
+        # pre-encoded: the client would encode a (user, password) tuple as ASCII only
+        pair = f"{config.username}:{config.password or ''}".encode()
+        options["basic_auth"] = base64.b64encode(pair).decode("ascii")
     if config.api_key is not None:
         options["api_key"] = config.api_key
-    if config.ca_certs is not None:
-        options["ca_certs"] = config.ca_certs
-    if not config.verify_certs:
-        options["verify_certs"] = False
+    if any(h.startswith("https:") for h in config.hosts):
+        if config.verify_certs:
+            # our own context: the transport turns hostname checks off for IP-address hosts; Python
+            # matches IP addresses against the certificate's subjectAltName, so keep the check on
+            ctx = ssl.create_default_context(cafile=config.ca_certs)
+            ctx.check_hostname = True
+            options["ssl_context"] = ctx
+        else:
+            options["verify_certs"] = False
+            options["ssl_show_warn"] = False  # the operator asked for it; config docs say it is insecure
     return options
 
 
@@ -185,8 +195,12 @@ def _raise_for(exc: Exception, what: str) -> NoReturn:
         if status == 429 or status >= 500:
             raise TemporaryError(f"{what}: HTTP {status}: {exc}") from exc
         raise PermanentError(f"{what}: HTTP {status}: {exc}", status) from exc
-    if isinstance(exc, TlsError):
-        raise PermanentError(f"{what}: TLS error: {exc}") from exc
+    if isinstance(exc, TransportError):
+        # with retries off the transport leaves ``errors`` empty and str(exc) loses the reason
+        reason = exc.message if isinstance(exc.message, str) and exc.message else repr(exc)
+        if isinstance(exc, TlsError):
+            raise PermanentError(f"{what}: TLS error: {reason}") from exc
+        raise TemporaryError(f"{what}: {reason}") from exc
     raise TemporaryError(f"{what}: {exc}") from exc
 
 

@@ -54,12 +54,21 @@ metrics:
         ("sink: {type: elasticsearch, hostz: [x]}", "sink.hostz: unknown key"),
         ("sources: [{paths: [a], max_line_byte: 5}]", "sources[0].max_line_byte: unknown key"),
         ("sink: {type: kafka}", "sink"),
-        ("metrics: {listen: nope}", "metrics.listen: Value error, expected host:port"),
+        ("metrics: {listen: nope}", "metrics.listen: expected host:port"),
         ("state_dir: [1, 2]", "state_dir: Input should be a valid string"),
         ("sink: {type: sqlite, workers: 0}", "sink.workers: Input should be greater than or equal to 1"),
         ("- a\n- b", "expected a mapping at the top level"),
         ("sink: {type: elasticsearch\n", "invalid YAML at line"),
         ("node_name: ${SURELY_UNSET_VARIABLE}", "environment variable SURELY_UNSET_VARIABLE is not set"),
+        (
+            "sink: {type: elasticsearch, username: u, api_key: k}",
+            "sink: set either username/password or api_key, not both",
+        ),
+        (
+            "sink: {type: elasticsearch, ca_certs: /nonexistent.pem}",
+            "ca_certs: no such file: /nonexistent.pem",
+        ),
+        ("sink: {type: elasticsearch, hosts: [es:9200]}", "hosts: expected http(s)://host:port"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:

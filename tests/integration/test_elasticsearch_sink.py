@@ -5,6 +5,7 @@ from __future__ import annotations
 import urllib.error
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -314,12 +315,16 @@ def test_proxy_refuses_bad_rules_and_resets_stats(es_server: EsServer) -> None:
     assert es_server.stats()["requests"] == 0
 
 
-def test_client_options() -> None:
+def test_client_options(tmp_path: Path) -> None:
+    import trustme
+
+    ca = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca))
     base: dict[str, Any] = {"type": "elasticsearch", "hosts": ["https://es:9200"]}
-    opts = client_options(ElasticsearchSink(**base, username="u", password="p", ca_certs="/ca.pem"))
+    opts = client_options(ElasticsearchSink(**base, username="u", password="p", ca_certs=str(ca)))
     assert opts["max_retries"] == 0 and opts["retry_on_status"] == () and opts["retry_on_timeout"] is False
-    assert opts["basic_auth"] == ("u", "p")
-    assert opts["ca_certs"] == "/ca.pem"
+    assert opts["basic_auth"] == "dTpw"  # base64("u:p"), encoded by us as UTF-8
+    assert opts["ssl_context"].check_hostname is True
     assert "verify_certs" not in opts and "api_key" not in opts
     opts = client_options(ElasticsearchSink(**base, api_key="aWQ6a2V5", verify_certs=False))
     assert opts["api_key"] == "aWQ6a2V5"
