@@ -539,7 +539,7 @@ def rsyslog_version(rsyslogd: str) -> str:
     except (OSError, subprocess.SubprocessError):
         return "rsyslog (version unknown)"
     first = out.stdout.splitlines()[0] if out.stdout else "rsyslog"
-    return first.split(" compiled")[0].replace("rsyslogd ", "rsyslog ").strip()
+    return " ".join(first.split(" compiled")[0].replace("rsyslogd", "rsyslog").split())
 
 
 def find_rsyslog(install: bool) -> tuple[str | None, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -95,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def tune_gc() -> None:
+    """Records are short-lived and acyclic: collect young objects far less often (measured: the default
+    thresholds cost about a quarter of the shipper's CPU), and keep import-time objects out of scans."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def _install_uvloop() -> None:
     try:
         import uvloop
@@ -149,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("config ok")
         return 0
     disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series beside counters
+    tune_gc()
     _install_uvloop()
     asyncio.run(serve(cfg))
     return 0

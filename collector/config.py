@@ -53,7 +53,7 @@ class ContainerLogsSource(_Model):
     max_line_bytes: int = Field(
         1024 * 1024, ge=1024, description="joined lines longer than this are split into marked parts"
     )
-    read_chunk_bytes: int = Field(256 * 1024, ge=4096, description="bytes read from a file per turn")
+    read_chunk_bytes: int = Field(64 * 1024, ge=4096, description="bytes read from a file per turn")
     rescan_interval: float = Field(1.0, gt=0, description="seconds between glob rescans (safety net)")
     poll_interval: float = Field(0.25, gt=0, description="seconds between checks of open files for growth")
     rotate_wait: float = Field(
@@ -68,8 +68,10 @@ class KubernetesConfig(_Model):
 
 
 class _BatchSettings(_Model):
-    batch_max_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="flush a batch at this many bytes")
-    batch_max_records: int = Field(10_000, ge=1, description="flush a batch at this many records")
+    batch_max_bytes: int = Field(
+        1024 * 1024, ge=1024, description="flush a batch at this many bytes of log lines (a bulk body is ~3x)"
+    )
+    batch_max_records: int = Field(2_000, ge=1, description="flush a batch at this many records")
     flush_interval: float = Field(1.0, gt=0, description="flush a non-empty batch after this many seconds")
     workers: int = Field(2, ge=1, le=64, description="batches in flight to the sink at once")
     retry_initial_backoff: float = Field(0.5, gt=0, description="first retry delay in seconds")
@@ -142,7 +144,7 @@ class CollectorConfig(_Model):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     checkpoint_interval: float = Field(1.0, gt=0, description="seconds between checkpoint writes")
     shutdown_timeout: float = Field(10.0, gt=0, description="seconds to flush in-flight data on SIGTERM")
-    queue_batches: int = Field(4, ge=1, description="full batches queued ahead of the sink (backpressure)")
+    queue_batches: int = Field(2, ge=1, description="full batches queued ahead of the sink (backpressure)")
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

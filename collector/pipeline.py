@@ -2,8 +2,9 @@
 
 Backpressure: the queue between the batcher and the delivery workers holds at most ``queue_batches``
 batches. When it is full, ``Batcher.add`` waits, which pauses the source's reading loop: a slow or dead
-sink stops reading, it never drops lines. Memory is bounded by
-``(queue_batches + workers + 1) * batch_max_bytes`` plus one read chunk per file.
+sink stops reading, it never drops lines. At most ``queue_batches + workers + 1`` batches are held, each
+of at most ``batch_max_records`` records / ``batch_max_bytes`` bytes of lines (plus the chunk that filled
+it); a record costs about 2.5x its line in memory and a request body about 3x.
 
 Delivery (the one place that retries): a worker sends a batch; items answered delivered (2xx, 409) are
 done, items answered retryable (429, 5xx) are re-sent alone with exponential backoff and jitter, other

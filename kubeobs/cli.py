@@ -89,8 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         + " (Ctrl-C to stop)",
         file=sys.stderr,
     )
-    from collector.cli import _install_uvloop
+    from collector.cli import _install_uvloop, tune_gc
 
+    tune_gc()
     _install_uvloop()
     asyncio.run(_up(cfg, logs, args.demo))
     return 0

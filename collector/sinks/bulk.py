@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from collector.record import Record
+from collector.record import FileInfo, Record
 from collector.sinks.base import DELIVERED, Outcome, Status
 
 # Which part of a UTC "YYYY-MM-DDTHH:MM:SS" timestamp a strftime directive depends on, as a prefix
@@ -146,6 +146,7 @@ class BulkEncoder:
     def __init__(self, index_pattern: str) -> None:
         self.namer = IndexNamer(index_pattern)
         self._action_prefix: dict[str, bytes] = {}
+        self._files: dict[str, tuple[object, object, tuple[bytes, bytes, bytes]]] = {}
 
     def _prefix(self, index: str) -> bytes:
         prefix = self._action_prefix.get(index)
@@ -156,30 +157,74 @@ class BulkEncoder:
             self._action_prefix[index] = prefix
         return prefix
 
+    def _file_parts(self, info: FileInfo) -> tuple[bytes, bytes, bytes]:
+        """Per-file constant fragments: ``"<id prefix>-``, ``"log":{"file":{"path":..}``, and the
+        ``"kubernetes":..,"container":..}`` tail. Cached while the file's metadata objects are unchanged."""
+        cached = self._files.get(info.key)
+        if cached is not None and cached[0] is info.kubernetes and cached[1] is info.container:
+            return cached[2]
+        parts = (
+            b'"' + info.id_prefix.encode() + b"-",
+            b'","log":{"file":{"path":' + orjson.dumps(info.path) + b'},"offset":',
+            b'},"kubernetes":'
+            + orjson.dumps(info.kubernetes)
+            + b',"container":'
+            + orjson.dumps(info.container)
+            + b"}\n",
+        )
+        if len(self._files) >= _CACHE_LIMIT:
+            self._files.clear()
+        self._files[info.key] = (info.kubernetes, info.container, parts)
+        return parts
+
     def encode(self, records: Sequence[Record], fallback_index: str) -> bytes:
         """The NDJSON ``_bulk`` body: one ``create`` action and one document per record.
 
         ``fallback_index`` receives records whose timestamp cannot be parsed (the server will most
         likely reject them, and they end in the dead-letter index with their error).
+
+        Hot path: a whole, clean line (no split part, no tags, no error) is written from per-file
+        fragments encoded once, plus its timestamp, message, stream and offset; the JSON is the same as
+        ``orjson.dumps(record.document())`` up to key order. Everything else goes through ``document()``.
         """
         namer = self.namer
-        # The common case (a "Z" timestamp whose date is cached) is inlined: this loop is the hot path.
         key_len, names = namer.key_len, namer.cache
         prefixes = self._action_prefix
         dumps = orjson.dumps
-        parts: list[bytes] = []
+        out = bytearray()
+        last_info: FileInfo | None = None
+        id_head = log_head = tail = b""
         for rec in records:
             ts = rec.timestamp
             index = names.get(ts[:key_len]) if key_len and ts[-1:] == "Z" else None
             if index is None:
                 index = namer(ts) or fallback_index
-            prefix = prefixes.get(index) or self._prefix(index)
+            out += prefixes.get(index) or self._prefix(index)
+            if rec.part or rec.tags or rec.error is not None:
+                out += dumps(rec.id)
+                out += b"}}\n"
+                out += dumps_document(rec.document())
+                out += b"\n"
+                continue
+            if rec.file is not last_info:
+                last_info = rec.file
+                id_head, log_head, tail = self._file_parts(last_info)
+            offset = str(rec.offset).encode()
+            out += id_head
+            out += offset
+            out += b'"}}\n{"@timestamp":'
+            out += dumps(ts)
+            out += b',"message":'
             try:
-                doc = dumps(rec.document())
-            except orjson.JSONEncodeError:
-                doc = dumps(_clean_strings(rec.document()))
-            parts += (prefix, dumps(rec.id), b"}}\n", doc, b"\n")
-        return b"".join(parts)
+                out += dumps(rec.message)
+            except orjson.JSONEncodeError:  # lone surrogates
+                out += dumps(_clean_strings(rec.message))
+            out += b',"stream":"'
+            out += rec.stream.encode()
+            out += log_head
+            out += offset
+            out += tail
+        return bytes(out)
 
 
 def encode_dead_letters(
@@ -279,12 +324,27 @@ def classify_item(item: Any) -> Outcome:
     return Outcome(Status.REJECTED, text, status)
 
 
+BULK_OK_PREFIX = b'{"errors":false,"items":['
+
+
+def parse_bulk_response(body: bytes) -> dict[str, Any]:
+    """Parse a ``_bulk`` response; an error-free one (filtered to ``errors,items.*.status,...``) is not
+    parsed item by item: only its item count matters, taken from the raw bytes (17% of the shipper's
+    CPU went into parsing 10k-item success responses otherwise)."""
+    if body.startswith(BULK_OK_PREFIX):
+        return {"errors": False, "item_count": body.count(b'"status":')}
+    parsed: dict[str, Any] = orjson.loads(body)
+    return parsed
+
+
 def classify_bulk_response(response: Mapping[str, Any], count: int) -> list[Outcome]:
     """One Outcome per record sent (``count``), in order, from a parsed ``_bulk`` response.
 
     Only ``errors``, ``items.*.status`` and ``items.*.error`` are read (a ``filter_path`` may drop the
     rest). Items beyond ``count`` are ignored; records without an item are retried.
     """
+    if response.get("errors") is False and response.get("item_count", -1) >= count:
+        return [DELIVERED] * count  # see BULK_OK_PREFIX: an error-free response not parsed item by item
     items = response.get("items")
     if not isinstance(items, list):
         items = []

@@ -47,10 +47,12 @@ from collector.config import ElasticsearchSink
 from collector.record import Record
 from collector.sinks.base import Outcome, PermanentError, Sink, Status, TemporaryError
 from collector.sinks.bulk import (
+    BULK_OK_PREFIX,
     BulkEncoder,
     classify_bulk_response,
     encode_dead_letters,
     index_patterns,
+    parse_bulk_response,
 )
 
 # What classification reads; everything else in a bulk response is skipped by the server.
@@ -144,6 +146,15 @@ def templates(config: ElasticsearchSink) -> dict[str, dict[str, Any]]:
     }
 
 
+class _BulkAwareJsonSerializer(OrjsonSerializer):
+    """orjson, except that an error-free bulk response is only counted, not parsed item by item."""
+
+    def loads(self, data: bytes) -> Any:
+        if data.startswith(BULK_OK_PREFIX):
+            return parse_bulk_response(data)
+        return super().loads(data)
+
+
 class _BytesNdjsonSerializer(NdjsonSerializer):
     """Sends an already encoded NDJSON body as is (the stock serializer copies it line by line)."""
 
@@ -163,7 +174,8 @@ def client_options(config: ElasticsearchSink) -> dict[str, Any]:
         "retry_on_status": (),
         "retry_on_timeout": False,
         "serializers": {
-            "application/json": OrjsonSerializer(),
+            "application/json": _BulkAwareJsonSerializer(),
+            "application/vnd.elasticsearch+json": _BulkAwareJsonSerializer(),
             "application/x-ndjson": _BytesNdjsonSerializer(),
         },
     }

@@ -320,3 +320,63 @@ def test_encode_dead_letters_uses_the_records_ids() -> None:
     assert [d["error"]["type"] for _, d in pairs] == ["a", "c"]
     with pytest.raises(ValueError):
         encode_dead_letters(records, ["only one"], "dead", "2024-03-05T10:00:00Z")
+
+
+def test_fast_path_documents_equal_record_documents() -> None:
+    from collector.record import FileInfo, Record
+    from collector.sinks.bulk import BulkEncoder
+
+    info = FileInfo(
+        key="1:2:ff",
+        path='/var/log/containers/we"ird_ns_c-1.log',
+        id_prefix="abc",
+        kubernetes={"namespace": "ns", "pod": {"name": 'we"ird'}, "node": {"name": "n"}},
+        container={"id": "1"},
+    )
+    records = [
+        Record(
+            info, 0, 10, "2026-11-26T10:00:00.123456789Z", "stdout", 'plain "quoted" \\ \n tab\t é 日本', 10
+        ),
+        Record(info, 10, 20, "2026-11-26T10:00:00Z", "stderr", "", 10),
+        Record(
+            info,
+            20,
+            30,
+            "2026-11-26T10:00:00Z",
+            "stdout",
+            "part",
+            10,
+            part=2,
+            last_part=False,
+            tags=("split",),
+        ),
+        Record(
+            info, 30, 40, "2026-11-26T10:00:00Z", "stdout", "raw", 10, error="cri: bad", tags=("parse_error",)
+        ),
+        Record(info, 40, 50, "2026-11-26T10:00:00Z", "stdout", "lone \udcff surrogate", 10),
+    ]
+    lines = BulkEncoder("logs-%Y.%m.%d").encode(records, "fallback").splitlines()
+    assert len(lines) == 2 * len(records)
+    for rec, action, doc in zip(records, lines[::2], lines[1::2], strict=True):
+        assert orjson.loads(action) == {"create": {"_index": "logs-2026.11.26", "_id": rec.id}}
+        expected = rec.document()
+        if "\udcff" in rec.message:
+            expected["message"] = "lone \ufffd surrogate"
+        assert orjson.loads(doc) == expected
+
+
+def test_error_free_bulk_response_is_counted_not_parsed() -> None:
+    from collector.sinks.bulk import DELIVERED, classify_bulk_response, parse_bulk_response
+
+    ok = b'{"errors":false,"items":[{"create":{"status":201}},{"create":{"status":409}}]}'
+    parsed = parse_bulk_response(ok)
+    assert parsed == {"errors": False, "item_count": 2}
+    assert classify_bulk_response(parsed, 2) == [DELIVERED, DELIVERED]
+    assert classify_bulk_response(parse_bulk_response(ok), 3)[2].status.value == "retry"  # one missing
+    failed = (
+        b'{"errors":true,"items":[{"create":{"status":201}},{"create":{"status":429,"error":{"type":"x"}}}]}'
+    )
+    assert [o.status.value for o in classify_bulk_response(parse_bulk_response(failed), 2)] == [
+        "delivered",
+        "retry",
+    ]
