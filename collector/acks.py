@@ -9,18 +9,25 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 
 class AckTracker:
     def __init__(self, on_advance: Callable[[str, int], None]) -> None:
         self._on_advance = on_advance
-        self._queues: dict[str, deque[list[int | bool]]] = {}  # key -> [[batch_id, offset, done], ...]
+        # key -> [[batch_id, offset, done, created], ...] in the order the batches were cut
+        self._queues: dict[str, deque[list[Any]]] = {}
         self._done: set[int] = set()
 
-    def register(self, batch_id: int, offsets: dict[str, int]) -> None:
+    def register(self, batch_id: int, offsets: dict[str, int], created: float = 0.0) -> None:
         """A batch was cut holding records of these files, up to these safe offsets."""
         for key, off in offsets.items():
-            self._queues.setdefault(key, deque()).append([batch_id, off, False])
+            self._queues.setdefault(key, deque()).append([batch_id, off, False, created])
+
+    def oldest(self, key: str) -> float | None:
+        """When the oldest unacknowledged batch holding records of this file was started."""
+        q = self._queues.get(key)
+        return float(q[0][3]) if q else None
 
     def complete(self, batch_id: int, keys: list[str]) -> None:
         """Every record of the batch is delivered (or dead-lettered)."""

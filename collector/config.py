@@ -59,6 +59,14 @@ class ContainerLogsSource(_Model):
     rotate_wait: float = Field(
         5.0, ge=0, description="seconds a rotated-away file stays open after its last new byte"
     )
+    max_deleted_files: int = Field(
+        100,
+        ge=0,
+        description="deleted files held open (unread data kept on disk) before the oldest is dropped",
+    )
+    max_deleted_bytes: int = Field(
+        2 * 1024**3, ge=0, description="unread bytes of deleted files held open before the oldest is dropped"
+    )
 
 
 class KubernetesConfig(_Model):

@@ -21,13 +21,19 @@ kubeobs_collector_bulk_requests_total          requests to the sink, by result
 kubeobs_collector_bulk_request_duration_seconds  sink request latency
 kubeobs_collector_queue_batches                batches waiting for the sink
 kubeobs_collector_checkpoint_writes_total      checkpoint file writes, by result
-kubeobs_collector_checkpoint_lag_bytes         bytes read but not yet acknowledged, summed over files
+kubeobs_collector_records_conflicts_total      records already stored (409), counted as delivered
+kubeobs_collector_retry_backoff_seconds        delay before the current retry (0: delivering normally)
+kubeobs_collector_sink_up                      1 when the last request to the sink succeeded
+kubeobs_collector_state_dir_writable           1 when the last checkpoint write succeeded
+kubeobs_collector_backlog_bytes                unread bytes in open files, by state (active/rotated/deleted)
+kubeobs_collector_oldest_unacked_age_seconds   age of the oldest unacknowledged line, by path
 =============================================  =======================================================
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -36,17 +42,43 @@ from prometheus_client.registry import Collector
 NS = "kubeobs_collector"
 
 
-class _LagCollector(Collector):
-    def __init__(self, sample: Callable[[], Iterable[tuple[str, int]]]) -> None:
-        self._sample = sample
+class FileStateSource(Protocol):
+    def lag(self) -> Iterable[tuple[str, int]]: ...
+
+    def backlog(self) -> dict[str, int]: ...
+
+    def unacked_ages(self) -> Iterable[tuple[str, float]]: ...
+
+
+class _FileStateCollector(Collector):
+    """Per-file state, sampled at scrape time."""
+
+    def __init__(self, state: FileStateSource) -> None:
+        self._state = state
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        g = GaugeMetricFamily(
+        lag = GaugeMetricFamily(
             f"{NS}_read_lag_bytes", "Bytes written to a file and not yet read.", labels=["path"]
         )
-        for path, lag in self._sample():
-            g.add_metric([path], lag)
-        yield g
+        for path, n in self._state.lag():
+            lag.add_metric([path], n)
+        yield lag
+        backlog = GaugeMetricFamily(
+            f"{NS}_backlog_bytes",
+            "Unread bytes in open files: active, rotated (still on disk), deleted (held open by us).",
+            labels=["state"],
+        )
+        for state, n in self._state.backlog().items():
+            backlog.add_metric([state], n)
+        yield backlog
+        age = GaugeMetricFamily(
+            f"{NS}_oldest_unacked_age_seconds",
+            "Age of the oldest line read from a file and not yet acknowledged by the sink.",
+            labels=["path"],
+        )
+        for path, seconds in self._state.unacked_ages():
+            age.add_metric([path], seconds)
+        yield age
 
 
 class PipelineMetrics:
@@ -92,6 +124,21 @@ class PipelineMetrics:
             f"{NS}_checkpoint_writes", "Checkpoint file writes.", ["result"], registry=r
         )
         self.up = Gauge(f"{NS}_sink_up", "1 when the last request to the sink succeeded.", registry=r)
+        self.conflicts = Counter(
+            f"{NS}_records_conflicts",
+            "Records already stored (409), counted as delivered.",
+            ["sink"],
+            registry=r,
+        )
+        self.backoff = Gauge(
+            f"{NS}_retry_backoff_seconds",
+            "Delay before the current retry; 0 while delivering normally.",
+            registry=r,
+        )
+        self.state_dir_writable = Gauge(
+            f"{NS}_state_dir_writable", "1 when the last checkpoint write succeeded.", registry=r
+        )
+        self.state_dir_writable.set(1)
 
-    def register_lag(self, sample: Callable[[], Iterable[tuple[str, int]]]) -> None:
-        self.registry.register(_LagCollector(sample))
+    def register_file_state(self, state: FileStateSource) -> None:
+        self.registry.register(_FileStateCollector(state))

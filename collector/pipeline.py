@@ -97,7 +97,7 @@ class Batcher:
         if not b.records and not b.offsets:
             return
         self.current = self._new()
-        self.tracker.register(b.id, b.offsets)
+        self.tracker.register(b.id, b.offsets, b.created)
         await self.queue.put(b)
 
 
@@ -119,6 +119,11 @@ class Delivery:
         """Exponential backoff with jitter: base * 2^attempt, capped, scaled by a random [0.5, 1)."""
         delay: float = min(self.cap, self.initial * 2.0 ** min(attempt, 30))
         return delay * (0.5 + random.random() / 2)
+
+    async def _sleep(self, attempt: int) -> None:
+        delay = self.backoff(attempt)
+        self.metrics.backoff.set(delay)
+        await asyncio.sleep(delay)
 
     def _trouble(self, what: str, err: Exception) -> None:
         text = f"{what}: {err}"
@@ -179,7 +184,7 @@ class Delivery:
                 m.bulk_requests.labels(self.name, "error").inc()
                 m.retried.labels(self.name, "request_failed").inc(len(pending))
                 self._trouble(f"request to sink {self.name} failed", e)
-                await asyncio.sleep(self.backoff(attempt))
+                await self._sleep(attempt)
                 attempt += 1
                 continue
             m.bulk_duration.labels(self.name).observe(self.clock.monotonic() - t0)
@@ -187,28 +192,33 @@ class Delivery:
             self._recovered()
             if outcomes.count(DELIVERED) == len(pending):
                 m.delivered.labels(self.name).inc(len(pending))
+                m.backoff.set(0)
                 return
             retry: list[Record] = []
             rejected: list[Record] = []
             errors: list[Outcome] = []
-            delivered = 0
+            delivered = conflicts = 0
             for rec, o in zip(pending, outcomes, strict=True):
                 if o.status is Status.DELIVERED:
                     delivered += 1
+                    if o.http_status == 409:
+                        conflicts += 1
                 elif o.status is Status.RETRY:
                     retry.append(rec)
                 else:
                     rejected.append(rec)
                     errors.append(o)
             m.delivered.labels(self.name).inc(delivered)
+            if conflicts:
+                m.conflicts.labels(self.name).inc(conflicts)
             if rejected:
                 await self._dead_letter(rejected, errors)
             if retry:
                 m.retried.labels(self.name, "item").inc(len(retry))
-                await asyncio.sleep(self.backoff(attempt))
+                await self._sleep(attempt)
                 attempt += 1
             else:
-                attempt = 0
+                m.backoff.set(0)
             pending = retry
 
     async def _dead_letter(self, records: list[Record], errors: list[Outcome]) -> None:
@@ -222,7 +232,7 @@ class Delivery:
                 m = self.metrics
                 m.retried.labels(self.name, "dead_letter_failed").inc(len(records))
                 self._trouble(f"dead-letter store of sink {self.name} failed", e)
-                await asyncio.sleep(self.backoff(attempt))
+                await self._sleep(attempt)
                 attempt += 1
                 continue
             self.metrics.dead_lettered.labels(self.name).inc(len(records))
@@ -267,11 +277,32 @@ class Pipeline:
         self._finished: set[str] = set()
         self._ckpt_error: str | None = None
         self.reading = asyncio.Event()
-        metrics.register_lag(self._lag)
+        metrics.register_file_state(self)
         metrics.queue_batches.set_function(self.queue.qsize)
 
-    def _lag(self) -> list[tuple[str, int]]:
+    # -- per-file state for /metrics -------------------------------------------------------------------
+    def lag(self) -> list[tuple[str, int]]:
         return [x for s in self.sources for x in s.lag()]
+
+    def backlog(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for s in self.sources:
+            for state, n in s.backlog().items():
+                total[state] = total.get(state, 0) + n
+        return total
+
+    def unacked_ages(self) -> list[tuple[str, float]]:
+        now = self.clock.monotonic()
+        current = self.batcher.current
+        out = []
+        for s in self.sources:
+            for f in s.files():
+                since = self.tracker.oldest(f.key)
+                if since is None and f.key in current.offsets:
+                    since = current.created
+                if since is not None and not f.closed:
+                    out.append((f.path, now - since))
+        return out
 
     @property
     def ready(self) -> bool:
@@ -295,11 +326,13 @@ class Pipeline:
         try:
             if self.store.save():
                 self.metrics.checkpoint_writes.labels("ok").inc()
+            self.metrics.state_dir_writable.set(1)
             if self._ckpt_error is not None:
                 log.info("checkpoints are being written again to %s", self.store.path)
                 self._ckpt_error = None
         except OSError as e:
             self.metrics.checkpoint_writes.labels("error").inc()
+            self.metrics.state_dir_writable.set(0)
             if str(e) != self._ckpt_error:
                 log.error(
                     "cannot write checkpoints to %s: %s (delivery goes on; will retry)", self.store.path, e

@@ -50,6 +50,7 @@ from collector.tailfile import (
 log = logging.getLogger(__name__)
 
 Emit = Callable[[list[Record]], Awaitable[None]]
+FINGERPRINT_MEMORY = 24 * 3600.0
 
 
 class ContainerLogsSource:
@@ -73,7 +74,11 @@ class ContainerLogsSource:
         self.on_close = on_close
         self.by_path: dict[str, TailedFile] = {}  # active files, by glob-matched path
         self.retiring: list[TailedFile] = []  # rotated away, deleted or copies: read to end, then close
-        self._wake = asyncio.Event()
+        self._data = asyncio.Event()  # a watched file changed: wake the reader
+        self._fs = asyncio.Event()  # a file appeared, moved or vanished: wake discovery
+        # first-line hashes of files opened in the last FINGERPRINT_MEMORY seconds: a file beside them
+        # with the same first line is a copy (copytruncate) of something already read, never adopted
+        self._fingerprints: dict[str, float] = {}
         self._rescan_now = True
         self._observer: Any = None
         self._read_errors: set[str] = set()  # files whose read error was logged (logged once each)
@@ -85,53 +90,89 @@ class ContainerLogsSource:
 
     def lag(self) -> Iterable[tuple[str, int]]:
         for f in self.files():
-            yield f.path, max(0, f.size - f.offset)
+            if not f.closed:
+                yield f.path, max(0, f.size - f.offset)
+
+    def backlog(self) -> dict[str, int]:
+        """Unread bytes in open files, by state: active, rotated (still on disk), deleted (held open)."""
+        out = {"active": 0, "rotated": 0, "deleted": 0}
+        for f in self.files():
+            if not f.closed:
+                state = "deleted" if f.deleted else "rotated" if f.rotated else "active"
+                out[state] += max(0, f.size - f.offset)
+        return out
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Tail until ``stop`` is set. Files stay open for :meth:`close` (at shutdown)."""
-        await self._recover()
+        """Tail until ``stop`` is set. Files stay open for :meth:`close` (at shutdown).
+
+        Two loops: the reader (which blocks while the sink is behind) and discovery, which goes on
+        meanwhile, so files that appear and rotate during an outage are opened at once and held open:
+        the kubelet deleting them then frees nothing we have not read.
+        """
+        self._recover()
         self._start_watching()
         try:
-            next_rescan = next_poll = self.clock.monotonic()
-            chunk = self.cfg.read_chunk_bytes
-            while not stop.is_set():
-                now = self.clock.monotonic()
-                if self._rescan_now or now >= next_rescan:
-                    self._rescan_now = False
-                    self._rescan(now)
-                    next_rescan = now + self.cfg.rescan_interval
-                if now >= next_poll:
-                    await self._poll(now)
-                    next_poll = now + self.cfg.poll_interval
-                progressed = False
-                for f in list(self.files()):
-                    if stop.is_set():
-                        break
-                    try:
-                        got = f.read(chunk, now)
-                    except Truncated:
-                        self.by_path.pop(f.path, None)
-                        await self._handle_truncation(f)
-                        self._rescan_now = True
-                        continue
-                    except OSError as e:  # EIO and friends: keep the file, try again next round
-                        self._read_error(f, e)
-                        continue
-                    if got is None:
-                        continue
-                    recs, nbytes = got
-                    progressed = True
-                    self._count(f, nbytes)
-                    if recs:
-                        await self.emit(recs)
-                if not progressed:
-                    self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self.cfg.poll_interval)
-                else:
-                    await asyncio.sleep(0)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._discover(stop), name="discovery")
+                await self._read_loop(stop)
         finally:
             self._stop_watching()
+
+    async def _read_loop(self, stop: asyncio.Event) -> None:
+        chunk = self.cfg.read_chunk_bytes
+        while not stop.is_set():
+            now = self.clock.monotonic()
+            progressed = False
+            for f in list(self.files()):
+                if stop.is_set():
+                    break
+                if f.closed:
+                    continue
+                if f.finish_now:
+                    await self._finish(f)
+                    continue
+                try:
+                    got = f.read(chunk, now)
+                except Truncated:
+                    self._handle_truncation(f)
+                    continue
+                except OSError as e:  # EIO and friends: keep the file, try again next round
+                    self._read_error(f, e)
+                    continue
+                if got is None:
+                    continue
+                recs, nbytes = got
+                progressed = True
+                self._count(f, nbytes)
+                if recs:
+                    await self.emit(recs)
+            for f in list(self.retiring):  # rotated files read to their end and quiet for rotate_wait
+                if not f.closed and f.offset >= f.size and now - f.last_data >= self.cfg.rotate_wait:
+                    await self._finish(f)
+            if not progressed:
+                self._data.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._data.wait(), self.cfg.poll_interval)
+            else:
+                await asyncio.sleep(0)
+
+    async def _discover(self, stop: asyncio.Event) -> None:
+        next_rescan = next_poll = self.clock.monotonic()
+        while not stop.is_set():
+            now = self.clock.monotonic()
+            if self._rescan_now or now >= next_rescan:
+                self._rescan_now = False
+                self._rescan(now)
+                next_rescan = now + self.cfg.rescan_interval
+                self._forget_fingerprints(now)
+            if now >= next_poll:
+                self._poll()
+                await self._enforce_deleted_limit()
+                next_poll = now + self.cfg.poll_interval
+            self._fs.clear()
+            timeout = max(0.0, min(next_rescan, next_poll) - self.clock.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._fs.wait(), timeout)
 
     def close(self) -> None:
         for f in list(self.files()):
@@ -156,12 +197,13 @@ class ContainerLogsSource:
     def _open(self, path: str, opened: Opened, offset: int, now: float, *, new: bool) -> TailedFile:
         info = make_file_info(opened.key, path, opened.real_path, self.node)
         f = TailedFile(opened, path, info, offset, self.cfg.max_line_bytes, now, self.clock.time)
+        self._fingerprints[opened.fp] = now
         if new:
             self.store.set(f.key, Entry(path, opened.real_path, opened.dev, opened.ino, opened.fp, offset))
         self.metrics.files_open.inc()
         return f
 
-    async def _recover(self) -> None:
+    def _recover(self) -> None:
         """First scan: resume checkpointed files, find the ones rotated while we were stopped."""
         now = self.clock.monotonic()
         entries = dict(self.store.load())
@@ -205,6 +247,7 @@ class ContainerLogsSource:
 
     def _rescan(self, now: float) -> None:
         current = set()
+        renamed: list[TailedFile] = []
         for path in self._matches():
             current.add(path)
             f = self.by_path.get(path)
@@ -215,13 +258,14 @@ class ContainerLogsSource:
             if f is not None:
                 if (st.st_dev, st.st_ino) == (f.dev, f.ino):
                     continue
-                self._retire(f, "rename")
                 del self.by_path[path]
+                self._retire(f, "rename")
+                renamed.append(f)
             opened = open_identified(path)
             if opened is None:
                 continue  # empty or first line incomplete: try again at the next scan
-            if any(r.key == opened.key for r in self.retiring):
-                os.close(opened.fd)  # a retiring file came back under its name: nothing new
+            if opened.fp in self._fingerprints:
+                os.close(opened.fd)  # a file we read (or are reading) came back under the name
                 continue
             self.by_path[path] = self._open(path, opened, 0, now, new=True)
             log.debug("tailing %s", path)
@@ -229,14 +273,58 @@ class ContainerLogsSource:
             if path not in current:
                 f = self.by_path.pop(path)
                 self._retire(f, "rename")
+                renamed.append(f)
+        for f in renamed:  # after the new files are open, so none of them is taken for a rotated one
+            self._adopt_siblings(f)
+
+    def _forget_fingerprints(self, now: float) -> None:
+        if len(self._fingerprints) < 1024:
+            return
+        for f in self.files():
+            self._fingerprints[f.fp] = now
+        cutoff = now - FINGERPRINT_MEMORY
+        self._fingerprints = {fp: t for fp, t in self._fingerprints.items() if t >= cutoff}
 
     def _retire(self, f: TailedFile, kind: str) -> None:
         f.rotated = True
         self.retiring.append(f)
         self.metrics.rotations.labels(kind).inc()
 
-    async def _poll(self, now: float) -> None:
-        """Check open files for truncation and deletion; close retiring files that are done."""
+    def _adopt_siblings(self, old: TailedFile) -> None:
+        """Files rotated beside ``old`` that we never opened (several rotations between two scans, or
+        while reading was paused): read them from their start. Only files written after we opened
+        ``old`` qualify, and none whose first line we have already seen (copies made by copytruncate)."""
+        open_inodes = {(f.dev, f.ino) for f in self.files()}
+        current = {os.path.realpath(p) for p in self._matches()}
+        wall_opened = self.clock.time() - (self.clock.monotonic() - old.opened_at)
+        found: list[tuple[float, str]] = []
+        for cand in _siblings(old.real_path):
+            try:
+                st = os.stat(cand)
+            except OSError:
+                continue
+            if (
+                (st.st_dev, st.st_ino) in open_inodes
+                or st.st_mtime < wall_opened
+                or cand in current
+                or not os.path.isfile(cand)
+            ):
+                continue
+            found.append((st.st_mtime, cand))
+        for _, cand in sorted(found):
+            opened = open_identified(cand)
+            if opened is None:
+                continue
+            if opened.fp in self._fingerprints:
+                os.close(opened.fd)
+                continue
+            log.info("reading %s, rotated away before we could open it under %s", cand, old.path)
+            f = self._open(old.path, opened, 0, self.clock.monotonic(), new=True)
+            f.rotated = True
+            self.retiring.append(f)
+
+    def _poll(self) -> None:
+        """Check open files for truncation and deletion (finishing them is the reader's job)."""
         for path, f in list(self.by_path.items()):
             try:
                 state = f.check()
@@ -244,21 +332,46 @@ class ContainerLogsSource:
                 log.warning("cannot stat %s: %s", path, e)
                 continue
             if state == "truncated":
-                del self.by_path[path]
-                await self._handle_truncation(f)
-                self._rescan_now = True
+                self._handle_truncation(f)
             elif state == "deleted":
                 del self.by_path[path]
                 self._retire(f, "delete")
-        for f in list(self.retiring):
-            with contextlib.suppress(OSError):
-                f.check()
-            idle = now - f.last_data
-            if f.offset >= f.size and idle >= self.cfg.rotate_wait:
-                self.retiring.remove(f)
-                await self._finish(f)
+        for f in self.retiring:
+            if not f.closed:
+                with contextlib.suppress(OSError):
+                    f.check()
 
-    async def _handle_truncation(self, f: TailedFile) -> None:
+    async def _enforce_deleted_limit(self) -> None:
+        """Deleted files are held open (their data stays on disk) up to ``max_deleted_files`` files and
+        ``max_deleted_bytes`` unread bytes; beyond that the oldest is let go and its unread lines are
+        counted as dropped (reason ``deleted_file_limit``) and logged once."""
+        held = [f for f in self.retiring if f.deleted and not f.closed]
+        unread = sum(max(0, f.size - f.offset) for f in held)
+        while held and (len(held) > self.cfg.max_deleted_files or unread > self.cfg.max_deleted_bytes):
+            f = held.pop(0)
+            rest = max(0, f.size - f.offset)
+            unread -= rest
+            lines = _count_lines(f.fd, f.offset, f.size)
+            log.error(
+                "letting go of deleted file %s with %d unread bytes (%d lines): more than %d deleted files / "
+                "%d bytes are held (sources[].max_deleted_files / max_deleted_bytes)",
+                f.path,
+                rest,
+                lines,
+                self.cfg.max_deleted_files,
+                self.cfg.max_deleted_bytes,
+            )
+            self.metrics.dropped.labels("deleted_file_limit").inc(lines)
+            self.retiring.remove(f)
+            f.close()
+            self.metrics.files_open.dec()
+            await self.on_close(f.key, f.size)
+
+    def _handle_truncation(self, f: TailedFile) -> None:
+        if self.by_path.get(f.path) is f:
+            del self.by_path[f.path]
+        self._rescan_now = True
+        self._fs.set()
         self.metrics.rotations.labels("truncate").inc()
         copy = _find_copy(f)
         if copy is not None:
@@ -275,7 +388,8 @@ class ContainerLogsSource:
             )
             self.metrics.dropped.labels("truncated_unread").inc()
         f.rotated = True
-        await self._finish(f)  # the old content is gone: close now, never read the new content as old
+        f.finish_now = True  # the old content is gone: close, never read the new content as old
+        self.retiring.append(f)
 
     def _update_entry(self, f: TailedFile) -> None:
         e = self.store.entries.get(f.key)
@@ -284,6 +398,8 @@ class ContainerLogsSource:
             self.store.dirty = True
 
     async def _finish(self, f: TailedFile) -> None:
+        if f in self.retiring:
+            self.retiring.remove(f)
         recs = f.finish()
         self.metrics.files_open.dec()
         if recs:
@@ -349,7 +465,8 @@ class ContainerLogsSource:
     def _on_fs_event(self, kind: str) -> None:
         if kind in ("created", "moved", "deleted"):
             self._rescan_now = True
-        self._wake.set()
+            self._fs.set()
+        self._data.set()
 
     def _stop_watching(self) -> None:
         if self._observer is not None:
@@ -367,6 +484,17 @@ def _static_dir(pattern: str) -> str:
         out.append(p)
     d = str(Path(*out)) if out else "."
     return d if os.path.isdir(d) else os.path.dirname(d)
+
+
+def _count_lines(fd: int, start: int, end: int) -> int:
+    n, pos = 0, start
+    while pos < end:
+        data = os.pread(fd, min(1 << 20, end - pos), pos)
+        if not data:
+            break
+        n += data.count(b"\n")
+        pos += len(data)
+    return n
 
 
 def _siblings(real_path: str) -> list[str]:

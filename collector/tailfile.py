@@ -119,6 +119,9 @@ class TailedFile:
         self.info = info
         self.asm = LineAssembler(info, offset, max_line_bytes, wall_clock)
         self.rotated = False  # the path no longer leads here: finish and close
+        self.deleted = False  # unlinked: only our descriptor keeps its data on disk
+        self.finish_now = False  # nothing more to read (truncated without a copy): finish at once
+        self.opened_at = now
         self.last_data = now
         self.size = offset  # last size seen by fstat
         self.closed = False
@@ -152,6 +155,7 @@ class TailedFile:
         if not self.rotated and not same_fingerprint(self.fd, self.fp, self.fp_len):
             return "truncated"  # truncated and rewritten past our offset between two checks
         if st.st_nlink == 0:
+            self.deleted = True
             return "deleted"
         return None
 

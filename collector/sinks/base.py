@@ -52,6 +52,7 @@ class Outcome:
 
 
 DELIVERED = Outcome(Status.DELIVERED)
+ALREADY_STORED = Outcome(Status.DELIVERED, "already stored", 409)  # a re-send of a delivered record
 
 
 class Sink(Protocol):

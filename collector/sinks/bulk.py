@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from collector.record import FileInfo, Record
-from collector.sinks.base import DELIVERED, Outcome, Status
+from collector.sinks.base import ALREADY_STORED, DELIVERED, Outcome, Status
 
 # Which part of a UTC "YYYY-MM-DDTHH:MM:SS" timestamp a strftime directive depends on, as a prefix
 # length: 10 = date, 13 = hour, 16 = minute, 19 = second. Directives not listed (e.g. %f) disable
@@ -316,8 +316,10 @@ def classify_item(item: Any) -> Outcome:
     status = result.get("status")
     if not isinstance(status, int):
         return Outcome(Status.RETRY, f"bulk item without a status: {item!r:.200}")
-    if 200 <= status < 300 or status == 409:
+    if 200 <= status < 300:
         return DELIVERED
+    if status == 409:
+        return ALREADY_STORED
     text = error_text(result.get("error", f"HTTP {status}"))
     if status == 429 or status >= 500 or status < 400:
         return Outcome(Status.RETRY, text, status)

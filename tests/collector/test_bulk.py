@@ -203,7 +203,9 @@ def test_all_created_is_all_delivered() -> None:
 def test_conflict_counts_as_delivered() -> None:
     conflict = {"type": "version_conflict_engine_exception", "reason": "[x]: version conflict"}
     resp = {"errors": True, "items": [item(409, conflict), item(201), item(200, op="index")]}
-    assert classify_bulk_response(resp, 3) == [DELIVERED] * 3
+    out = classify_bulk_response(resp, 3)
+    assert [o.status for o in out] == [Status.DELIVERED] * 3
+    assert out[0].http_status == 409 and out[1:] == [DELIVERED, DELIVERED]  # 409 is told apart for metrics
 
 
 def test_mixed_items() -> None:

@@ -15,19 +15,29 @@ Control API (JSON):
 
 - ``POST /_proxy/faults`` with a list of rules replaces the active rules; ``GET`` shows them (with the
   remaining ``times``); ``DELETE`` removes them all.
-- ``GET /_proxy/stats``: ``requests``, ``bulk_requests``, ``faults`` (applied), ``faults_by_action``,
-  ``items_rewritten``; ``DELETE /_proxy/stats`` resets the counters.
+- ``GET /_proxy/stats``: ``requests``, ``bulk_requests``, ``bulk_docs`` (documents in the ``_bulk``
+  requests forwarded upstream: NDJSON lines / 2, as every action the collector sends carries a source),
+  ``faults`` (applied), ``faults_by_action``, ``items_rewritten``; ``DELETE /_proxy/stats`` resets the
+  counters.
 
-A rule is ``{"action": ..., <action args>, "path_regex": ..., "method": ..., "times": ...,
-"probability": ...}``; the last four are optional: ``path_regex`` is searched in the request path,
-``method`` compared without case, ``times`` is how many requests the rule applies to (null/absent:
-forever), ``probability`` the chance it applies to a matching request (default 1). Actions:
+A rule is ``{"action": ..., <action args>, "path_regex": ..., "method": ..., "body_regex": ...,
+"times": ..., "probability": ...}``; the last five are optional: ``path_regex`` is searched in the
+request path, ``method`` compared without case, ``body_regex`` searched (as a bytes regex, UTF-8 encoded)
+in the request body, ``times`` is how many requests the rule applies to (null/absent: forever),
+``probability`` the chance it applies to a matching request (default 1). A rule with ``body_regex``
+reads the request body before deciding (once its path and method match), so with it even ``refuse``
+resets the connection only after the body was read; e.g. ``{"action": "status", "status": 503,
+"path_regex": "_bulk", "body_regex": "kubeobs-deadletter"}`` fails only the bulk requests that write to
+the dead-letter index. Actions:
 
 - ``{"action": "status", "status": 503}``: answer with that status and an Elasticsearch-like error body.
 - ``{"action": "bulk_items", "status": 429, "fraction": 0.2}``: forward a ``_bulk`` request, then turn
-  that fraction of the successful items (spread evenly, deterministically) into failures: 429
-  ``es_rejected_execution_exception`` or 400 ``illegal_argument_exception`` (any other 4xx/5xx status
-  gets a generic error type); sets ``errors: true``. Applies to ``_bulk`` paths only.
+  that fraction of the successful items (spread evenly, deterministically: ``floor(n * fraction)`` of
+  ``n``) into failures: 429 ``es_rejected_execution_exception`` or 400 ``illegal_argument_exception``
+  (any other 4xx/5xx status gets a generic error type); sets ``errors: true``. Applies to ``_bulk``
+  paths only. The upstream has indexed the rewritten items, so their re-send is answered 409; with
+  ``"include_conflicts": true`` 409 items count as successful too and can be rejected again, as a real
+  overloaded Elasticsearch would reject a re-send (so a retry chain, and its backoff, can grow).
 - ``{"action": "delay", "seconds": 2}``: wait before forwarding (combines with the other actions).
 - ``{"action": "drop_before"}``: read the request, then close the connection without forwarding it.
 - ``{"action": "drop_after"}``: forward the request, then close the connection without answering.
@@ -96,6 +106,7 @@ class Rule:
     args: dict[str, Any]
     path_regex: re.Pattern[str] | None = None
     method: str | None = None
+    body_regex: re.Pattern[bytes] | None = None
     times: int | None = None  # remaining applications; None: forever
     probability: float = 1.0
 
@@ -109,13 +120,18 @@ class Rule:
             raise RuleError(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
         path = raw.pop("path_regex", None)
         method = raw.pop("method", None)
+        body = raw.pop("body_regex", None)
         times = raw.pop("times", None)
         probability = raw.pop("probability", 1.0)
         if times is not None and (not isinstance(times, int) or times < 0):
             raise RuleError(f"times must be a non-negative integer or null, got {times!r}")
         if not isinstance(probability, int | float) or not 0 <= probability <= 1:
             raise RuleError(f"probability must be in [0, 1], got {probability!r}")
-        allowed = {"status": {"status"}, "bulk_items": {"status", "fraction"}, "delay": {"seconds"}}
+        allowed = {
+            "status": {"status"},
+            "bulk_items": {"status", "fraction", "include_conflicts"},
+            "delay": {"seconds"},
+        }
         unknown = set(raw) - allowed.get(action, set())
         if unknown:
             raise RuleError(f"{action}: unknown keys {sorted(unknown)}")
@@ -124,27 +140,53 @@ class Rule:
         if action == "bulk_items":
             raw.setdefault("status", 429)
             raw.setdefault("fraction", 1.0)
+            raw.setdefault("include_conflicts", False)
             if not isinstance(raw["status"], int) or raw["status"] < 400:
                 raise RuleError("bulk_items: 'status' must be an error status (>= 400)")
             if not isinstance(raw["fraction"], int | float) or not 0 <= raw["fraction"] <= 1:
                 raise RuleError("bulk_items: 'fraction' must be in [0, 1]")
+            if not isinstance(raw["include_conflicts"], bool):
+                raise RuleError("bulk_items: 'include_conflicts' must be true or false")
         if action == "delay" and not isinstance(raw.get("seconds"), int | float):
             raise RuleError("delay: needs a number 'seconds'")
         try:
             pattern = re.compile(path) if path is not None else None
         except re.error as e:
             raise RuleError(f"bad path_regex {path!r}: {e}") from None
-        return cls(action, raw, pattern, method.upper() if method else None, times, float(probability))
+        if body is not None and not isinstance(body, str):
+            raise RuleError(f"body_regex must be a string, got {body!r}")
+        try:
+            body_pattern = re.compile(body.encode()) if body is not None else None
+        except re.error as e:
+            raise RuleError(f"bad body_regex {body!r}: {e}") from None
+        return cls(
+            action,
+            raw,
+            pattern,
+            method.upper() if method else None,
+            body_pattern,
+            times,
+            float(probability),
+        )
 
-    def fires(self, request: web.Request, rng: random.Random) -> bool:
-        """Whether the rule applies to this request; consumes one of its ``times`` when it does."""
-        if self.times is not None and self.times <= 0:
-            return False
+    def matches_head(self, request: web.Request) -> bool:
+        """Whether method and path match (what can be decided without reading the body)."""
         if self.method is not None and request.method.upper() != self.method:
             return False
         if self.path_regex is not None and not self.path_regex.search(request.path):
             return False
-        if self.action == "bulk_items" and not _BULK_PATH.search(request.path):
+        return not (self.action == "bulk_items" and not _BULK_PATH.search(request.path))
+
+    def fires(self, request: web.Request, rng: random.Random, body: bytes | None = None) -> bool:
+        """Whether the rule applies to this request; consumes one of its ``times`` when it does.
+
+        ``body`` is the request body, needed (and read by the caller) only when ``body_regex`` is set.
+        """
+        if self.times is not None and self.times <= 0:
+            return False
+        if not self.matches_head(request):
+            return False
+        if self.body_regex is not None and (body is None or not self.body_regex.search(body)):
             return False
         if self.probability < 1.0 and rng.random() >= self.probability:
             return False
@@ -158,6 +200,7 @@ class Rule:
             **self.args,
             "path_regex": self.path_regex.pattern if self.path_regex else None,
             "method": self.method,
+            "body_regex": self.body_regex.pattern.decode() if self.body_regex else None,
             "times": self.times,
             "probability": self.probability,
         }
@@ -167,6 +210,7 @@ class Rule:
 class Stats:
     requests: int = 0
     bulk_requests: int = 0
+    bulk_docs: int = 0
     faults: int = 0
     items_rewritten: int = 0
     faults_by_action: dict[str, int] = field(default_factory=dict)
@@ -182,8 +226,11 @@ _ITEM_ERRORS = {
 }
 
 
-def rewrite_bulk_items(body: dict[str, Any], status: int, fraction: float) -> int:
-    """Turn ``fraction`` of the successful items of a bulk response into failures; returns how many."""
+def rewrite_bulk_items(
+    body: dict[str, Any], status: int, fraction: float, *, include_conflicts: bool = False
+) -> int:
+    """Turn ``fraction`` of the successful items (2xx; 409 too with ``include_conflicts``) of a bulk
+    response into failures; returns how many."""
     items = body.get("items")
     if not isinstance(items, list):
         return 0
@@ -195,7 +242,10 @@ def rewrite_bulk_items(body: dict[str, Any], status: int, fraction: float) -> in
             continue
         op = next(iter(item))
         result = item[op]
-        if not isinstance(result, dict) or not 200 <= int(result.get("status", 0)) < 300:
+        if not isinstance(result, dict):
+            continue
+        item_status = int(result.get("status", 0))
+        if not (200 <= item_status < 300 or (include_conflicts and item_status == 409)):
             continue
         # The k-th successful item is picked when floor((k+1)*f) > floor(k*f): evenly spread.
         picked = math.floor((ok_seen + 1) * fraction + 1e-9) > math.floor(ok_seen * fraction + 1e-9)
@@ -270,6 +320,7 @@ class Proxy:
             {
                 "requests": s.requests,
                 "bulk_requests": s.bulk_requests,
+                "bulk_docs": s.bulk_docs,
                 "faults": s.faults,
                 "faults_by_action": s.faults_by_action,
                 "items_rewritten": s.items_rewritten,
@@ -288,7 +339,7 @@ class Proxy:
         if is_bulk:
             self.stats.bulk_requests += 1
 
-        for rule in self._fired_pre(request):
+        for rule in await self._fired_pre(request):
             self.stats.fault(rule.action)
             if rule.action == "delay":
                 await asyncio.sleep(float(rule.args["seconds"]))
@@ -316,6 +367,8 @@ class Proxy:
             if name in headers:
                 headers[name] = plain_media_type(headers[name])
         body = await request.read()
+        if is_bulk:
+            self.stats.bulk_docs += body.count(b"\n") // 2
         assert self._session is not None
         try:
             async with self._session.request(
@@ -333,13 +386,18 @@ class Proxy:
                 {"error": {"type": "esproxy_upstream_error", "reason": repr(e)}, "status": 502}, status=502
             )
 
-        for rule in self._fired_post(request):
+        for rule in self._fired_post(request, body):
             if rule.action == "bulk_items":
                 try:
                     parsed = orjson.loads(payload)
                 except orjson.JSONDecodeError:
                     continue
-                n = rewrite_bulk_items(parsed, int(rule.args["status"]), float(rule.args["fraction"]))
+                n = rewrite_bulk_items(
+                    parsed,
+                    int(rule.args["status"]),
+                    float(rule.args["fraction"]),
+                    include_conflicts=bool(rule.args["include_conflicts"]),
+                )
                 if n:
                     self.stats.fault(rule.action)
                     self.stats.items_rewritten += n
@@ -351,20 +409,25 @@ class Proxy:
         resp_headers["X-Elastic-Product"] = "Elasticsearch"
         return web.Response(status=status, body=payload, headers=resp_headers)
 
-    def _fired_pre(self, request: web.Request) -> list[Rule]:
+    async def _fired_pre(self, request: web.Request) -> list[Rule]:
         # A rule that ends the request stops the scan, so later rules keep their `times`.
         fired: list[Rule] = []
+        body: bytes | None = None
         for rule in self.rules:
-            if rule.action in PRE_ACTIONS and rule.fires(request, self.rng):
+            if rule.action not in PRE_ACTIONS:
+                continue
+            if body is None and rule.body_regex is not None and rule.matches_head(request):
+                body = await request.read()  # aiohttp keeps it: forwarding reads it again for free
+            if rule.fires(request, self.rng, body):
                 fired.append(rule)
                 if rule.action != "delay":
                     break
         return fired
 
-    def _fired_post(self, request: web.Request) -> list[Rule]:
+    def _fired_post(self, request: web.Request, body: bytes) -> list[Rule]:
         fired: list[Rule] = []
         for rule in self.rules:
-            if rule.action in POST_ACTIONS and rule.fires(request, self.rng):
+            if rule.action in POST_ACTIONS and rule.fires(request, self.rng, body):
                 fired.append(rule)
                 if rule.action == "drop_after":
                     break

@@ -196,7 +196,8 @@ class EsServer:
         http_json("DELETE", f"{self.url}/_proxy/faults")
 
     def stats(self) -> dict[str, Any]:
-        """``requests``, ``bulk_requests``, ``faults``, ``faults_by_action``, ``items_rewritten``."""
+        """``requests``, ``bulk_requests``, ``bulk_docs``, ``faults``, ``faults_by_action``,
+        ``items_rewritten`` (see :mod:`tests.support.esproxy`)."""
         result: dict[str, Any] = http_json("GET", f"{self.url}/_proxy/stats")
         return result
 
