@@ -676,7 +676,8 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def table(results: Sequence[Result]) -> str:
     head = (
-        f"{'shipper':<44} {'status':<8} {'wall s':>7} {'lines/s':>9} {'CPU s':>7} {'lines/CPU-s':>11} "
+        f"{'shipper':<44} {'status':<8} {'wall s':>7} {'lines/s':>9} {'CPU s':>7} {'CPU s/M':>7} "
+        f"{'lines/CPU-s':>11} "
         f"{'peak RSS MB':>11} {'1st item s':>10} {'steady l/s':>10} {'dups':>5}"
     )
     rows = [head, "-" * len(head)]
@@ -684,7 +685,9 @@ def table(results: Sequence[Result]) -> str:
         status = r.status if len(r.status) <= 8 else r.status.split(":")[0]
         rows.append(
             f"{r.shipper[:44]:<44} {status:<8} {_fmt(r.wall_s, '.2f'):>7} {_fmt(r.lines_per_s, ',.0f'):>9} "
-            f"{_fmt(r.cpu_s, '.2f'):>7} {_fmt(r.lines_per_cpu_s, ',.0f'):>11} "
+            f"{_fmt(r.cpu_s, '.2f'):>7} "
+            f"{_fmt(None if not r.lines_per_cpu_s else 1e6 / r.lines_per_cpu_s, '.2f'):>7} "
+            f"{_fmt(r.lines_per_cpu_s, ',.0f'):>11} "
             f"{_fmt(r.peak_rss_mb, '.1f'):>11} {_fmt(r.first_item_s, '.2f'):>10} "
             f"{_fmt(r.steady_lines_per_s, ',.0f'):>10} {r.duplicates:>5}"
         )
