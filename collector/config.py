@@ -47,6 +47,10 @@ class ContainerLogsSource(_Model):
         default_factory=lambda: ["/var/log/containers/*.log"], description="glob patterns of files to tail"
     )
     exclude_paths: list[str] = Field(default_factory=list, description="glob patterns of files to skip")
+    include_namespaces: list[str] = Field(
+        default_factory=list, description="namespace globs to ship (empty: all); from the file name"
+    )
+    exclude_namespaces: list[str] = Field(default_factory=list, description="namespace globs not to ship")
     read_from: Literal["head", "tail"] = Field(
         "head", description="where to start a file seen for the first time (no checkpoint)"
     )
@@ -73,6 +77,15 @@ class KubernetesConfig(_Model):
     """Metadata enrichment from the apiserver (omit the section to run without it)."""
 
     kubeconfig: str | None = Field(None, description="path to a kubeconfig; null: in-cluster")
+    annotations: list[str] = Field(
+        default_factory=list, description="pod annotations copied into documents (allow-list of keys)"
+    )
+    deleted_pod_keep: float = Field(
+        60.0, ge=0, description="seconds a deleted pod's metadata still enriches its last lines"
+    )
+    sync_timeout: float = Field(
+        10.0, ge=0, description="seconds to wait at start for the first pod list before shipping without it"
+    )
 
 
 class _BatchSettings(_Model):

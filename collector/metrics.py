@@ -10,6 +10,7 @@ kubeobs_collector_records_retried_total        record deliveries retried, by rea
 kubeobs_collector_records_dead_lettered_total  records rejected by the sink and stored as dead letters
 kubeobs_collector_records_dropped_total        records lost, by reason (should stay 0)
 kubeobs_collector_parse_errors_total           lines that could not be parsed (shipped flagged)
+kubeobs_collector_records_excluded_total       records not shipped: excluded by config, pod or namespace
 kubeobs_collector_invalid_utf8_total           lines with invalid UTF-8 (shipped with U+FFFD)
 kubeobs_collector_split_parts_total            parts emitted for lines over max_line_bytes
 kubeobs_collector_files_open                   files open for reading
@@ -100,6 +101,9 @@ class PipelineMetrics:
             registry=r,
         )
         self.dropped = Counter(f"{NS}_records_dropped", "Records lost, by reason.", ["reason"], registry=r)
+        self.excluded = Counter(
+            f"{NS}_records_excluded", "Records not shipped: excluded by config, pod or namespace.", registry=r
+        )
         self.parse_errors = Counter(f"{NS}_parse_errors", "Lines that could not be parsed.", registry=r)
         self.invalid_utf8 = Counter(f"{NS}_invalid_utf8", "Lines with invalid UTF-8.", registry=r)
         self.split_parts = Counter(f"{NS}_split_parts", "Parts of lines over max_line_bytes.", registry=r)

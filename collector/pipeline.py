@@ -29,6 +29,7 @@ from collector.acks import AckTracker
 from collector.checkpoint import CheckpointStore
 from collector.clock import Clock
 from collector.config import CollectorConfig
+from collector.metadata import PodMetadata
 from collector.metrics import PipelineMetrics
 from collector.record import Record
 from collector.sinks.base import DELIVERED, Outcome, PermanentError, Sink, Status, TemporaryError
@@ -262,6 +263,7 @@ class Pipeline:
             clock=clock,
         )
         self.delivery = Delivery(sink, cfg, metrics, clock)
+        self.metadata = PodMetadata(cfg.kubernetes, cfg.node_name, clock) if cfg.kubernetes else None
         self.sources = [
             ContainerLogsSource(
                 s,
@@ -271,6 +273,8 @@ class Pipeline:
                 clock=clock,
                 emit=self.batcher.add,
                 on_close=self._on_file_closed,
+                on_skip=self.batcher.advance,
+                metadata=self.metadata,
             )
             for s in cfg.sources
         ]
@@ -368,8 +372,19 @@ class Pipeline:
             ]
             helpers.append(tg.create_task(self._flusher(), name="flusher"))
             helpers.append(tg.create_task(self._checkpointer(), name="checkpointer"))
-            readers = [tg.create_task(s.run(stop), name=f"source-{i}") for i, s in enumerate(self.sources)]
             helpers.append(tg.create_task(self.delivery.ensure_started(), name="sink-start"))
+            if self.metadata is not None and self.cfg.kubernetes is not None:
+                helpers.append(tg.create_task(self.metadata.run(), name="kubernetes-metadata"))
+                try:  # bounded: lines are shipped with file-name metadata rather than held
+                    async with asyncio.timeout(self.cfg.kubernetes.sync_timeout):
+                        await self.metadata.synced.wait()
+                except TimeoutError:
+                    log.warning(
+                        "no pod list from the apiserver within %.0fs; shipping with file-name metadata "
+                        "until it arrives",
+                        self.cfg.kubernetes.sync_timeout,
+                    )
+            readers = [tg.create_task(s.run(stop), name=f"source-{i}") for i, s in enumerate(self.sources)]
             self.reading.set()
             await stop.wait()
             # a reader blocked on a full queue (sink behind) is cancelled: what it held was not batched,

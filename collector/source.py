@@ -36,6 +36,7 @@ from typing import Any
 from collector.checkpoint import CheckpointStore, Entry
 from collector.clock import Clock
 from collector.config import ContainerLogsSource as SourceConfig
+from collector.metadata import PodMetadata
 from collector.metrics import PipelineMetrics
 from collector.record import Record
 from collector.tailfile import (
@@ -64,6 +65,8 @@ class ContainerLogsSource:
         clock: Clock,
         emit: Emit,
         on_close: Callable[[str, int], Awaitable[None]],
+        on_skip: Callable[[str, int], Awaitable[None]] | None = None,
+        metadata: PodMetadata | None = None,
     ) -> None:
         self.cfg = cfg
         self.node = node_name
@@ -72,6 +75,8 @@ class ContainerLogsSource:
         self.clock = clock
         self.emit = emit
         self.on_close = on_close
+        self.on_skip = on_skip  # progress of a file whose lines are excluded (checkpoint still advances)
+        self.metadata = metadata
         self.by_path: dict[str, TailedFile] = {}  # active files, by glob-matched path
         self.retiring: list[TailedFile] = []  # rotated away, deleted or copies: read to end, then close
         self._data = asyncio.Event()  # a watched file changed: wake the reader
@@ -144,7 +149,13 @@ class ContainerLogsSource:
                 recs, nbytes = got
                 progressed = True
                 self._count(f, nbytes)
-                if recs:
+                if not recs:
+                    continue
+                if self._excluded(f):
+                    self.metrics.excluded.inc(len(recs))
+                    if self.on_skip is not None:
+                        await self.on_skip(f.key, recs[-1].ckpt)
+                else:
                     await self.emit(recs)
             for f in list(self.retiring):  # rotated files read to their end and quiet for rotate_wait
                 if not f.closed and f.offset >= f.size and now - f.last_data >= self.cfg.rotate_wait:
@@ -155,6 +166,22 @@ class ContainerLogsSource:
                     await asyncio.wait_for(self._data.wait(), self.cfg.poll_interval)
             else:
                 await asyncio.sleep(0)
+
+    def _excluded(self, f: TailedFile) -> bool:
+        """Namespace include/exclude (from the file name), then the pod's and namespace's own say."""
+        md = self.metadata
+        if md is not None and f.meta_generation != md.generation:
+            f.meta_generation = md.generation
+            f.excluded_by_metadata = md.apply(f.info, f.base_kubernetes, f.names)
+        ns = f.names.get("namespace")
+        if ns is not None:
+            if self.cfg.include_namespaces and not any(
+                fnmatch.fnmatchcase(ns, g) for g in self.cfg.include_namespaces
+            ):
+                return True
+            if any(fnmatch.fnmatchcase(ns, g) for g in self.cfg.exclude_namespaces):
+                return True
+        return bool(f.excluded_by_metadata)
 
     async def _discover(self, stop: asyncio.Event) -> None:
         next_rescan = next_poll = self.clock.monotonic()

@@ -43,12 +43,18 @@ def file_key(dev: int, ino: int, fp: str) -> str:
     return f"{dev}:{ino}:{fp}"
 
 
-def make_file_info(key: str, path: str, real_path: str, node: str) -> FileInfo:
+def file_names(path: str, real_path: str) -> dict[str, str]:
+    """Namespace, pod, container (, container id, pod uid) from the path and its symlink target."""
     meta = parse_k8s_filename(path)
     if "pod_uid" not in meta:
         meta.update(
             {k: v for k, v in parse_k8s_filename(real_path).items() if k not in meta or k == "pod_uid"}
         )
+    return meta
+
+
+def make_file_info(key: str, path: str, real_path: str, node: str) -> FileInfo:
+    meta = file_names(path, real_path)
     k8s: dict[str, object] = {"node": {"name": node}}
     if meta:
         pod: dict[str, str] = {"name": meta["pod"]}
@@ -125,6 +131,10 @@ class TailedFile:
         self.last_data = now
         self.size = offset  # last size seen by fstat
         self.closed = False
+        self.names = file_names(path, opened.real_path)  # namespace/pod/container from the file name
+        self.base_kubernetes = info.kubernetes  # what the file name tells, before any apiserver data
+        self.meta_generation = -1  # PodMetadata.generation last applied
+        self.excluded_by_metadata: bool | None = None
 
     @property
     def offset(self) -> int:

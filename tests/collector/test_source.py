@@ -216,3 +216,27 @@ async def test_unacknowledged_lines_are_read_again_after_restart(tmp_path: Path)
     await h2.shutdown()
     assert h2.seqs() == list(range(20, 50))
     assert [r.id for r in h2.records] == [r.id for r in h1.records[20:]]
+
+
+async def test_namespace_include_exclude_skips_lines_but_advances(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    skipped: list[tuple[str, int]] = []
+    got_skip = asyncio.Event()
+
+    async def on_skip(key: str, offset: int) -> None:
+        skipped.append((key, offset))
+        got_skip.set()
+
+    h.source.cfg = h.source.cfg.model_copy(update={"exclude_namespaces": ["kube-*"]})
+    h.source.on_skip = on_skip
+    append(h.logs / NAME, 0, 5)  # namespace "ns": shipped
+    other = h.logs / ("dns-0_kube-system_coredns-" + "e" * 64 + ".log")
+    append(other, 100, 110)
+    h.start()
+    await h.wait_for(5)
+    async with asyncio.timeout(10):
+        await got_skip.wait()
+    await h.shutdown()
+    assert h.seqs() == list(range(5))
+    assert skipped[-1][1] == other.stat().st_size  # the excluded file's checkpoint still advances
+    assert h.metrics.excluded._value.get() == 10
