@@ -39,6 +39,34 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class MultilineRule(_Model):
+    """Which containers get multiline joining, and how. The first rule that matches a file wins; a pod
+    annotation ``kubeobs.io/multiline: <rules>`` overrides them (``none`` turns joining off)."""
+
+    namespaces: list[str] = Field(default_factory=lambda: ["*"], description="namespace globs")
+    pods: list[str] = Field(default_factory=lambda: ["*"], description="pod name globs")
+    containers: list[str] = Field(default_factory=lambda: ["*"], description="container name globs")
+    rules: Literal["auto", "java", "python", "go", "ruby", "node", "custom", "none"] = Field(
+        "auto", description="built-in rules, custom (start/continuation below) or none"
+    )
+    start: str | None = Field(None, description="custom: regex of a line that starts an event")
+    continuation: str | None = Field(None, description="custom: regex of a line that continues it")
+    timeout: float = Field(2.0, gt=0, description="seconds before a quiet container's held event is shipped")
+    max_bytes: int = Field(1024 * 1024, ge=1024, description="an event is cut into several beyond this size")
+
+    @model_validator(mode="after")
+    def _custom(self) -> MultilineRule:
+        if self.rules == "custom":
+            if not self.start or not self.continuation:
+                raise ValueError("rules: custom needs start and continuation regexes")
+            for name, pattern in (("start", self.start), ("continuation", self.continuation)):
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    raise ValueError(f"{name}: invalid regex: {e}") from None
+        return self
+
+
 class ContainerLogsSource(_Model):
     """Tails container log files (CRI and docker json-file, auto-detected per line)."""
 
@@ -62,6 +90,9 @@ class ContainerLogsSource(_Model):
     poll_interval: float = Field(0.25, gt=0, description="seconds between checks of open files for growth")
     rotate_wait: float = Field(
         5.0, ge=0, description="seconds a rotated-away file stays open after its last new byte"
+    )
+    multiline: list[MultilineRule] = Field(
+        default_factory=list, description="multiline joining (stack traces) per container; none by default"
     )
     max_deleted_files: int = Field(
         100,

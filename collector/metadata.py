@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 EXCLUDE = "kubeobs.io/exclude"
 EXCLUDE_CONTAINERS = "kubeobs.io/exclude-containers"
+MULTILINE_ANNOTATION = "kubeobs.io/multiline"
 
 
 def sanitize_labels(labels: dict[str, str]) -> dict[str, str]:
@@ -150,6 +151,13 @@ class PodMetadata:
             del self._tombstones[(namespace, name)]
             return None
         return tomb[0]
+
+    def pod_annotation(self, namespace: str, name: str, key: str) -> str | None:
+        pod = self.pod(namespace, name)
+        if pod is None:
+            return None
+        value = (pod.get("metadata", {}).get("annotations") or {}).get(key)
+        return value if isinstance(value, str) else None
 
     def namespace(self, name: str) -> dict[str, Any] | None:
         if self.namespaces is None:

@@ -36,10 +36,12 @@ from typing import Any
 from collector.checkpoint import CheckpointStore, Entry
 from collector.clock import Clock
 from collector.config import ContainerLogsSource as SourceConfig
-from collector.metadata import PodMetadata
+from collector.metadata import MULTILINE_ANNOTATION, PodMetadata
 from collector.metrics import PipelineMetrics
+from collector.multiline import RuleSet, rule_set
 from collector.record import Record
 from collector.tailfile import (
+    MultilineSpec,
     Opened,
     TailedFile,
     Truncated,
@@ -86,7 +88,8 @@ class ContainerLogsSource:
         self._fingerprints: dict[str, float] = {}
         self._rescan_now = True
         self._observer: Any = None
-        self._read_errors: set[str] = set()  # files whose read error was logged (logged once each)
+        self._read_errors: set[str] = set()
+        self._bad_annotations: set[str] = set()  # files whose read error was logged (logged once each)
 
     # -- public ----------------------------------------------------------------------------------------
     def files(self) -> Iterable[TailedFile]:
@@ -149,14 +152,20 @@ class ContainerLogsSource:
                 recs, nbytes = got
                 progressed = True
                 self._count(f, nbytes)
-                if not recs:
-                    continue
                 if self._excluded(f):
-                    self.metrics.excluded.inc(len(recs))
-                    if self.on_skip is not None:
-                        await self.on_skip(f.key, recs[-1].ckpt)
-                else:
+                    if recs:
+                        self.metrics.excluded.inc(len(recs))
+                        if self.on_skip is not None:
+                            await self.on_skip(f.key, recs[-1].ckpt)
+                    continue
+                recs = f.join(recs, now)
+                if recs:
                     await self.emit(recs)
+            for f in list(self.files()):  # multiline events of quiet containers (only once read up)
+                if f.joiners and not f.closed and f.offset >= f.size:
+                    recs = f.flush_expired(now)
+                    if recs:
+                        await self.emit(recs)
             for f in list(self.retiring):  # rotated files read to their end and quiet for rotate_wait
                 if not f.closed and f.offset >= f.size and now - f.last_data >= self.cfg.rotate_wait:
                     await self._finish(f)
@@ -168,11 +177,18 @@ class ContainerLogsSource:
                 await asyncio.sleep(0)
 
     def _excluded(self, f: TailedFile) -> bool:
-        """Namespace include/exclude (from the file name), then the pod's and namespace's own say."""
+        """Namespace include/exclude (from the file name), then the pod's and namespace's own say.
+        Also where per-file settings that depend on metadata (multiline rules) are refreshed."""
         md = self.metadata
+        if f.meta_generation == -1 and md is None:
+            f.meta_generation = 0
+            f.multiline = self._multiline_for(f, None)
         if md is not None and f.meta_generation != md.generation:
             f.meta_generation = md.generation
             f.excluded_by_metadata = md.apply(f.info, f.base_kubernetes, f.names)
+            ns, pod = f.names.get("namespace"), f.names.get("pod")
+            annotation = md.pod_annotation(ns, pod, MULTILINE_ANNOTATION) if ns and pod else None
+            f.multiline = self._multiline_for(f, annotation)
         ns = f.names.get("namespace")
         if ns is not None:
             if self.cfg.include_namespaces and not any(
@@ -182,6 +198,39 @@ class ContainerLogsSource:
             if any(fnmatch.fnmatchcase(ns, g) for g in self.cfg.exclude_namespaces):
                 return True
         return bool(f.excluded_by_metadata)
+
+    def _multiline_for(self, f: TailedFile, annotation: str | None) -> MultilineSpec | None:
+        """The annotation ``kubeobs.io/multiline`` wins; else the first config rule matching the file."""
+        names = f.names
+        chosen = None
+        for rule in self.cfg.multiline:
+            if (
+                any(fnmatch.fnmatchcase(names.get("namespace", ""), g) for g in rule.namespaces)
+                and any(fnmatch.fnmatchcase(names.get("pod", ""), g) for g in rule.pods)
+                and any(fnmatch.fnmatchcase(names.get("container", ""), g) for g in rule.containers)
+            ):
+                chosen = rule
+                break
+        timeout = chosen.timeout if chosen else 2.0
+        max_bytes = chosen.max_bytes if chosen else self.cfg.max_line_bytes
+        if annotation is not None:
+            name = annotation.strip().lower()
+            if name == "none":
+                return None
+            try:
+                return MultilineSpec(rule_set(name), timeout, max_bytes)
+            except ValueError as e:
+                if f.key not in self._bad_annotations:
+                    log.warning("%s: annotation %s ignored: %s", f.path, MULTILINE_ANNOTATION, e)
+                    self._bad_annotations.add(f.key)
+        if chosen is None or chosen.rules == "none":
+            return None
+        if chosen.rules == "custom":
+            assert chosen.start is not None and chosen.continuation is not None
+            rules = RuleSet.custom(chosen.start, chosen.continuation)
+        else:
+            rules = rule_set(chosen.rules)
+        return MultilineSpec(rules, timeout, max_bytes)
 
     async def _discover(self, stop: asyncio.Event) -> None:
         next_rescan = next_poll = self.clock.monotonic()

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from collector.lines import LineAssembler
+from collector.multiline import MultilineJoiner, RuleSet
 from collector.parse import parse_k8s_filename
 from collector.record import FileInfo, Record
 
@@ -66,6 +67,13 @@ def make_file_info(key: str, path: str, real_path: str, node: str) -> FileInfo:
         container["id"] = meta["container_id"]
     prefix = hashlib.blake2b(f"{node}\0{key}".encode(), digest_size=8).hexdigest()
     return FileInfo(key=key, path=path, id_prefix=prefix, kubernetes=k8s, container=container)
+
+
+@dataclass(frozen=True, slots=True)
+class MultilineSpec:
+    rules: RuleSet
+    timeout: float
+    max_bytes: int
 
 
 class Truncated(Exception):
@@ -135,6 +143,8 @@ class TailedFile:
         self.base_kubernetes = info.kubernetes  # what the file name tells, before any apiserver data
         self.meta_generation = -1  # PodMetadata.generation last applied
         self.excluded_by_metadata: bool | None = None
+        self.multiline: MultilineSpec | None = None  # the joining chosen for this file (None: off)
+        self.joiners: dict[str, MultilineJoiner] = {}  # per stream
 
     @property
     def offset(self) -> int:
@@ -176,9 +186,49 @@ class TailedFile:
         self.dev, self.ino, self.real_path = opened.dev, opened.ino, opened.real_path
         self.rotated = True
 
+    # -- multiline -------------------------------------------------------------------------------------
+    def join(self, recs: list[Record], now: float) -> list[Record]:
+        """Pass records through this file's multiline joiners (one per stream); checkpoints held back
+        to the first line of any event still being joined."""
+        spec = self.multiline
+        if spec is None and not self.joiners:
+            return recs
+        out: list[Record] = []
+        for r in recs:
+            j = self.joiners.get(r.stream)
+            if j is None:
+                if spec is None:
+                    out.append(r)
+                    continue
+                j = self.joiners[r.stream] = MultilineJoiner(
+                    spec.rules, max_bytes=spec.max_bytes, timeout=spec.timeout
+                )
+            out.extend(j.push(r, now))
+        return self._hold(out)
+
+    def flush_expired(self, now: float) -> list[Record]:
+        out: list[Record] = []
+        for j in self.joiners.values():
+            d = j.deadline()
+            if d is not None and d <= now:
+                out.extend(j.flush_expired(now))
+        return self._hold(out)
+
+    def _hold(self, out: list[Record]) -> list[Record]:
+        holds = [o for j in self.joiners.values() if (o := j.pending_offset()) is not None]
+        if holds:
+            low = min(holds)
+            for r in out:
+                if r.ckpt > low:
+                    r.ckpt = low
+        return out
+
     def finish(self) -> list[Record]:
-        """Close the file, returning whatever was held for lack of a newline."""
-        recs = self.asm.flush_unterminated()
+        """Close the file, returning whatever was held for lack of a newline or an event's end."""
+        recs = self.join(self.asm.flush_unterminated(), self.last_data)
+        for j in self.joiners.values():
+            recs.extend(j.flush())
+        self.joiners.clear()
         self.close()
         return recs
 

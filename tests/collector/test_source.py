@@ -240,3 +240,27 @@ async def test_namespace_include_exclude_skips_lines_but_advances(tmp_path: Path
     assert h.seqs() == list(range(5))
     assert skipped[-1][1] == other.stat().st_size  # the excluded file's checkpoint still advances
     assert h.metrics.excluded._value.get() == 10
+
+
+async def test_multiline_traces_joined_and_quiet_container_flushed(tmp_path: Path) -> None:
+    from collector.config import MultilineRule
+
+    h = Harness(tmp_path)
+    h.source.cfg = h.source.cfg.model_copy(update={"multiline": [MultilineRule(rules="python", timeout=0.3)]})
+    ts = "2026-11-26T10:00:00.000000001Z"
+    trace = [
+        "Traceback (most recent call last):",
+        '  File "/app/main.py", line 3, in <module>',
+        "    main()",
+        "ValueError: boom",
+    ]
+    content = f"{ts} stdout F seq=0\n" + "".join(f"{ts} stderr F {line}\n" for line in trace)
+    content += f"{ts} stderr F Traceback (most recent call last):\n"  # a quiet container's last words
+    content += f'{ts} stderr F   File "x.py", line 1, in <module>\n'
+    (h.logs / NAME).write_text(content)
+    h.start()
+    await h.wait_for(3)  # seq=0, the first trace, and (after the 0.3 s timeout) the unfinished one
+    await h.shutdown()
+    assert [r.message for r in h.records][:2] == ["seq=0", "\n".join(trace)]
+    assert h.records[1].offset == len(f"{ts} stdout F seq=0\n")
+    assert h.records[2].message.startswith("Traceback") and h.records[2].message.count("\n") == 1
