@@ -18,5 +18,6 @@ python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 
 echo "== ruff" && python3 -m ruff check . && python3 -m ruff format --check .
 echo "== mypy" && python3 -m mypy
+echo "== kube-apiserver (built once, then cached)" && bash tests/support/kube/build-apiserver.sh
 echo "== pytest"
 python3 -m pytest "$@"

@@ -19,6 +19,11 @@ The binary comes from ``tests/support/kube/build-apiserver.sh`` (cached under
 ``${KUBEOBS_CACHE:-~/.cache/kubeobs}``; ``KUBEOBS_KUBE_APISERVER`` overrides the path), etcd from
 ``$KUBEOBS_ETCD`` or ``etcd`` on ``PATH`` (Debian ``etcd-server``, which the build script installs).
 
+:meth:`KubeCluster.restart_apiserver` (or ``stop_apiserver``/``start_apiserver``) restarts only the
+kube-apiserver process: same etcd, port, certificates and tokens. :meth:`KubeCluster.start_peer_apiserver`
+starts a second one on another port against the same etcd (an HA control plane), e.g. to change objects
+while the first is down. :meth:`KubeCluster.compact_etcd` compacts etcd's history now.
+
 A server that cannot start raises :class:`ServerStartError` with the tail of its stderr: it fails the
 test loudly, never skips it. Both processes get SIGTERM if the process that started them dies
 (``PR_SET_PDEATHSIG``); :meth:`KubeCluster.stop` stops them by PID.
@@ -44,7 +49,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.servers import ManagedProcess, ServerStartError, spawn, wait_for
+from tests.support.servers import ManagedProcess, ServerStartError, http_json, spawn, wait_for
 
 __all__ = [
     "BUILD_SCRIPT",
@@ -301,6 +306,9 @@ class KubeCluster:
     timings: dict[str, float] = field(default_factory=dict)
     limited_user: str = LIMITED_USER
     limited_group: str = LIMITED_GROUP
+    apiserver_args: list[str] = field(default_factory=list)
+    _peers: list[ManagedProcess] = field(default_factory=list, repr=False)
+    _restarts: int = field(default=0, repr=False)
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_cert))
@@ -309,11 +317,111 @@ class KubeCluster:
         return self.etcd.running() and self.apiserver.running()
 
     def stop(self) -> None:
-        """Stop kube-apiserver, then etcd (SIGTERM, then SIGKILL after 5 s); safe to call twice."""
+        """Stop kube-apiserver (and any peer), then etcd (SIGTERM, then SIGKILL after 5 s); safe to call
+        twice."""
         try:
+            for peer in self._peers:
+                peer.stop()
             self.apiserver.stop()
         finally:
             self.etcd.stop()
+
+    # -- apiserver restarts (etcd keeps running) ------------------------------------------------------
+
+    def stop_apiserver(self) -> None:
+        """Stop only the kube-apiserver process (SIGTERM: open watches are closed); etcd keeps running."""
+        self.apiserver.stop()
+
+    def start_apiserver(self, timeout: float = APISERVER_START_TIMEOUT) -> None:
+        """Start kube-apiserver again after :meth:`stop_apiserver`: same binary, flags, port, certificates,
+        tokens and etcd, so ``url`` and both kubeconfigs keep working. Its output goes to
+        ``kube-apiserver.restart<N>.stderr`` beside the first one's."""
+        if self.apiserver.running():
+            raise RuntimeError(f"kube-apiserver (pid {self.apiserver.pid}) is still running")
+        self._restarts += 1
+        workdir = Path(self.apiserver.stderr_path).parent
+        proc = _spawn(f"kube-apiserver.restart{self._restarts}", self.apiserver_args, workdir)
+        _wait_ready(proc, self.url, self.ca_cert, self.admin_token, timeout)
+        self.apiserver = proc
+
+    def restart_apiserver(self, timeout: float = APISERVER_START_TIMEOUT) -> None:
+        """:meth:`stop_apiserver` then :meth:`start_apiserver`."""
+        self.stop_apiserver()
+        self.start_apiserver(timeout)
+
+    def start_peer_apiserver(self, timeout: float = APISERVER_START_TIMEOUT) -> tuple[str, Path]:
+        """Start a second kube-apiserver on a new free port against the same etcd (as in an HA control
+        plane), e.g. to change objects while the first one is stopped. Returns its URL and an admin
+        kubeconfig for it; :meth:`stop_peer_apiservers` (or :meth:`stop`) stops it."""
+        port_arg = next(a for a in self.apiserver_args if a.startswith("--secure-port="))
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            port = _free_port()
+            url = f"https://127.0.0.1:{port}"
+            args = [a if a != port_arg else f"--secure-port={port}" for a in self.apiserver_args]
+            n = len(self._peers) + 1
+            proc = _spawn(f"kube-apiserver.peer{n}", args, Path(self.apiserver.stderr_path).parent)
+            try:
+                _wait_ready(proc, url, self.ca_cert, self.admin_token, timeout)
+            except ServerStartError:
+                if attempt < PORT_ATTEMPTS and _port_clash(proc):
+                    continue
+                raise
+            self._peers.append(proc)
+            kubeconfig = self.workdir / f"peer{n}-admin.kubeconfig"
+            return url, _write_kubeconfig(kubeconfig, url, self.ca_cert, ADMIN_USER, self.admin_token)
+        raise AssertionError("unreachable")
+
+    def stop_peer_apiservers(self) -> None:
+        for peer in self._peers:
+            peer.stop()
+        self._peers.clear()
+
+    def compact_etcd(self) -> int:
+        """Compact etcd's history up to its current revision, as kube-apiserver itself does every five
+        minutes; returns that revision. A watch from an older resourceVersion that is served by etcd
+        rather than the watch cache (in 1.20: core/v1 ``events``, whose watch cache is off by default)
+        then gets a real ``410 Expired`` ERROR event."""
+        key = base64.b64encode(b"/").decode()
+        revision = int(http_json("POST", self.etcd_url + "/v3/kv/range", {"key": key})["header"]["revision"])
+        http_json("POST", self.etcd_url + "/v3/kv/compaction", {"revision": str(revision), "physical": True})
+        return revision
+
+
+def _apiserver_args(
+    binary: Path, etcd_url: str, workdir: Path, pki: _Pki, token_file: Path, port: int
+) -> list[str]:
+    return [
+        str(binary),
+        f"--etcd-servers={etcd_url}",
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        f"--secure-port={port}",
+        "--insecure-port=0",  # 1.20 still opens an unauthenticated :8080 unless told not to
+        f"--cert-dir={workdir / 'certs'}",
+        f"--tls-cert-file={pki.serving_cert}",
+        f"--tls-private-key-file={pki.serving_key}",
+        f"--client-ca-file={pki.ca_cert}",
+        f"--token-auth-file={token_file}",
+        "--authorization-mode=RBAC",
+        "--anonymous-auth=true",  # anonymous may read /healthz, /readyz, /version (public-info-viewer)
+        f"--service-account-key-file={pki.sa_pub}",
+        f"--service-account-signing-key-file={pki.sa_key}",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+        # The `default/kubernetes` Service is still created, but its Endpoints would name 127.0.0.1,
+        # which validation rejects (loopback), and the reconciler would log that error every 10 s.
+        "--endpoint-reconciler-type=none",
+        "--disable-admission-plugins=ServiceAccount",  # no controller-manager creates `default` SAs
+        "--allow-privileged=true",
+        "--profiling=false",
+        "--logtostderr=true",
+        "--v=1",
+    ]
+
+
+def _wait_ready(proc: ManagedProcess, url: str, ca_cert: Path, admin_token: str, timeout: float) -> None:
+    probe = functools.partial(_readyz, url, admin_token, ssl.create_default_context(cafile=str(ca_cert)))
+    wait_for(proc, f"answer ok on {url}/readyz", probe, timeout)
 
 
 def start_apiserver(
@@ -324,48 +432,20 @@ def start_apiserver(
     token_file: Path,
     admin_token: str,
     timeout: float = APISERVER_START_TIMEOUT,
-) -> tuple[ManagedProcess, str]:
-    """Start kube-apiserver on a free port of 127.0.0.1; returns the process and its URL once ready."""
-    context = ssl.create_default_context(cafile=str(pki.ca_cert))
+) -> tuple[ManagedProcess, str, list[str]]:
+    """Start kube-apiserver on a free port of 127.0.0.1; returns the process, its URL and its argv."""
     for attempt in range(1, PORT_ATTEMPTS + 1):
         port = _free_port()
         url = f"https://127.0.0.1:{port}"
-        args = [
-            str(binary),
-            f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            f"--secure-port={port}",
-            "--insecure-port=0",  # 1.20 still opens an unauthenticated :8080 unless told not to
-            f"--cert-dir={workdir / 'certs'}",
-            f"--tls-cert-file={pki.serving_cert}",
-            f"--tls-private-key-file={pki.serving_key}",
-            f"--client-ca-file={pki.ca_cert}",
-            f"--token-auth-file={token_file}",
-            "--authorization-mode=RBAC",
-            "--anonymous-auth=true",  # anonymous may read /healthz, /readyz, /version (public-info-viewer)
-            f"--service-account-key-file={pki.sa_pub}",
-            f"--service-account-signing-key-file={pki.sa_key}",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-            # The `default/kubernetes` Service is still created, but its Endpoints would name 127.0.0.1,
-            # which validation rejects (loopback), and the reconciler would log that error every 10 s.
-            "--endpoint-reconciler-type=none",
-            "--disable-admission-plugins=ServiceAccount",  # no controller-manager creates `default` SAs
-            "--allow-privileged=true",
-            "--profiling=false",
-            "--logtostderr=true",
-            "--v=1",
-        ]
+        args = _apiserver_args(binary, etcd_url, workdir, pki, token_file, port)
         proc = _spawn("kube-apiserver", args, workdir)
         try:
-            probe = functools.partial(_readyz, url, admin_token, context)
-            wait_for(proc, f"answer ok on {url}/readyz", probe, timeout)
+            _wait_ready(proc, url, pki.ca_cert, admin_token, timeout)
         except ServerStartError:
             if attempt < PORT_ATTEMPTS and _port_clash(proc):
                 continue
             raise
-        return proc, url
+        return proc, url, args
     raise AssertionError("unreachable")
 
 
@@ -405,7 +485,7 @@ def start_cluster(
     timings["etcd_start"] = time.monotonic() - t0
     try:
         t0 = time.monotonic()
-        apiserver, url = start_apiserver(
+        apiserver, url, apiserver_args = start_apiserver(
             binary, etcd_url, workdir / "apiserver", pki, token_file, admin_token, apiserver_timeout
         )
         timings["apiserver_start"] = time.monotonic() - t0
@@ -426,4 +506,5 @@ def start_cluster(
         apiserver=apiserver,
         workdir=workdir,
         timings=timings,
+        apiserver_args=apiserver_args,
     )
