@@ -148,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("elastic_transport").setLevel(logging.WARNING)  # one line per request otherwise
+    # one warning per failed request otherwise; the delivery loop logs each state change once
+    logging.getLogger("elastic_transport.node_pool").setLevel(logging.ERROR)
     try:
         cfg = load_config(args.config) if args.config else CollectorConfig(sources=[ContainerLogsSource()])
     except ConfigError as e:

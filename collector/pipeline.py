@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 from dataclasses import dataclass, field
@@ -124,6 +125,10 @@ class Delivery:
     async def _sleep(self, attempt: int) -> None:
         delay = self.backoff(attempt)
         self.metrics.backoff.set(delay)
+        # a failed request leaves reference cycles (client exceptions and their tracebacks) that hold its
+        # body; with the raised GC thresholds (collector.cli.tune_gc) and little allocation while waiting
+        # they would pile up through an outage: collect the young generations now, while idle anyway
+        gc.collect(1)
         await asyncio.sleep(delay)
 
     def _trouble(self, what: str, err: Exception) -> None:

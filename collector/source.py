@@ -429,9 +429,10 @@ class ContainerLogsSource:
             unread -= rest
             lines = _count_lines(f.fd, f.offset, f.size)
             log.error(
-                "letting go of deleted file %s with %d unread bytes (%d lines): more than %d deleted files / "
+                "letting go of deleted file %s (inode %d) with %d unread bytes (%d lines): more than %d deleted files / "
                 "%d bytes are held (sources[].max_deleted_files / max_deleted_bytes)",
-                f.path,
+                f.real_path,
+                f.ino,
                 rest,
                 lines,
                 self.cfg.max_deleted_files,
