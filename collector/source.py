@@ -429,8 +429,8 @@ class ContainerLogsSource:
             unread -= rest
             lines = _count_lines(f.fd, f.offset, f.size)
             log.error(
-                "letting go of deleted file %s (inode %d) with %d unread bytes (%d lines): more than %d deleted files / "
-                "%d bytes are held (sources[].max_deleted_files / max_deleted_bytes)",
+                "letting go of deleted file %s (inode %d) with %d unread bytes (%d lines): more than "
+                "%d deleted files / %d bytes are held (sources[].max_deleted_files / max_deleted_bytes)",
                 f.real_path,
                 f.ino,
                 rest,
