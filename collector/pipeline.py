@@ -123,12 +123,15 @@ class Delivery:
         return delay * (0.5 + random.random() / 2)
 
     async def _sleep(self, attempt: int) -> None:
-        delay = self.backoff(attempt)
+        await self._sleep_for(self.backoff(attempt))
+
+    async def _sleep_for(self, delay: float) -> None:
         self.metrics.backoff.set(delay)
         # a failed request leaves reference cycles (client exceptions and their tracebacks) that hold its
         # body; with the raised GC thresholds (collector.cli.tune_gc) and little allocation while waiting
-        # they would pile up through an outage: collect the young generations now, while idle anyway
-        gc.collect(1)
+        # they would pile up through an outage: collect them now, while idle anyway (callers release the
+        # exception first, or it would survive into the old generation)
+        gc.collect()
         await asyncio.sleep(delay)
 
     def _trouble(self, what: str, err: Exception) -> None:
@@ -170,6 +173,7 @@ class Delivery:
         while pending:
             await self.ensure_started()
             t0 = self.clock.monotonic()
+            wait: float | None = None  # set when the whole request failed
             try:
                 outcomes = await self.sink.write(pending)
             except PermanentError as e:
@@ -181,16 +185,15 @@ class Delivery:
                     await self.deliver(Batch(batch.id, batch.created, pending[:half]))
                     await self.deliver(Batch(batch.id, batch.created, pending[half:]))
                     return
-                m.bulk_requests.labels(self.name, "error").inc()
-                m.retried.labels(self.name, "request_failed").inc(len(pending))
                 self._trouble(f"request to sink {self.name} failed permanently; fix and it resumes", e)
-                await asyncio.sleep(self.cap)
-                continue
+                wait = self.cap
             except TemporaryError as e:
+                self._trouble(f"request to sink {self.name} failed", e)
+                wait = self.backoff(attempt)
+            if wait is not None:  # outside the except block: the exception is released before we wait
                 m.bulk_requests.labels(self.name, "error").inc()
                 m.retried.labels(self.name, "request_failed").inc(len(pending))
-                self._trouble(f"request to sink {self.name} failed", e)
-                await self._sleep(attempt)
+                await self._sleep_for(wait)
                 attempt += 1
                 continue
             m.bulk_duration.labels(self.name).observe(self.clock.monotonic() - t0)
@@ -235,9 +238,12 @@ class Delivery:
             try:
                 await self.sink.dead_letter(records, errors)
             except (TemporaryError, PermanentError) as e:
-                m = self.metrics
-                m.retried.labels(self.name, "dead_letter_failed").inc(len(records))
                 self._trouble(f"dead-letter store of sink {self.name} failed", e)
+                failed = True
+            else:
+                failed = False
+            if failed:  # outside the except block, see _sleep_for
+                self.metrics.retried.labels(self.name, "dead_letter_failed").inc(len(records))
                 await self._sleep(attempt)
                 attempt += 1
                 continue

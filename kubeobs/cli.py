@@ -89,9 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         + " (Ctrl-C to stop)",
         file=sys.stderr,
     )
-    from collector.cli import _install_uvloop, tune_gc
+    from collector.cli import _install_uvloop, tune_gc, tune_malloc
 
     tune_gc()
+    tune_malloc()
     _install_uvloop()
     asyncio.run(_up(cfg, logs, args.demo))
     return 0
