@@ -84,6 +84,10 @@ def test_enrichment_node_scope_exclusion_and_apiserver_outage(
         pod("noisy-1", "node-a", {"main": "busybox"}, annotations={"kubeobs.io/exclude": "true"}),
     )
     api.create(f"/api/v1/namespaces/{quiet}/pods", pod("q-1", "node-a", {"main": "busybox"}))
+    api.create(
+        f"/api/v1/namespaces/{shop}/pods",
+        pod("py-1", "node-a", {"app": "python:3.12"}, annotations={"kubeobs.io/multiline": "python"}),
+    )
 
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -103,6 +107,14 @@ def test_enrichment_node_scope_exclusion_and_apiserver_outage(
         write_lines(log_path(logs, shop, "db-1", "pg"), "db", 0, 10)  # a pod of node-b
         write_lines(log_path(logs, shop, "noisy-1", "main"), "noisy", 0, 20)
         write_lines(log_path(logs, quiet, "q-1", "main"), "quiet", 0, 20)
+        trace = [
+            "Traceback (most recent call last):",
+            '  File "/app/main.py", line 3, in <module>',
+            "    main()",
+            "ValueError: boom",
+        ]
+        py_log = log_path(logs, shop, "py-1", "app")
+        py_log.write_bytes(b"".join(f"{TS} stderr F {line}\n".encode() for line in [*trace, "pyafter n=0"]))
 
         def shipped() -> bool:
             got = docs(db)
@@ -111,7 +123,13 @@ def test_enrichment_node_scope_exclusion_and_apiserver_outage(
         wait_until("web and db lines", shipped, 60, collector.stderr)
         excluded = "kubeobs_collector_records_excluded_total"
         wait_until("excluded lines counted", lambda: collector.metric(excluded) >= 60, 60, collector.stderr)
+        wait_until("the annotated pod's trace", lambda: bool(of(docs(db), "pyafter")), 60, collector.stderr)
         got = docs(db)
+        # kubeobs.io/multiline: python on the pod: the trace is one document
+        assert [d["message"] for d in got if d["kubernetes"]["pod"]["name"] == "py-1"] == [
+            "\n".join(trace),
+            "pyafter n=0",
+        ]
         w = of(got, "web")[0]
         assert w["kubernetes"]["pod"] == {"name": "web-1", "uid": web["metadata"]["uid"]}
         assert w["kubernetes"]["labels"] == {"app": "web", "app_kubernetes_io/name": "web"}
