@@ -94,7 +94,11 @@ def test_sigterm_flushes_in_flight_lines_and_exits_0(
 ) -> None:
     logs = tmp_path / "logs"
     logs.mkdir()
-    cfg = collector_config(logs, tmp_path / "state", sink(es_server, flush_interval=30))
+    cfg = collector_config(
+        logs,
+        tmp_path / "state",
+        sink(es_server, flush_interval=30, batch_max_records=100_000, batch_max_bytes=64_000_000),
+    )
     collector = CollectorProcess(tmp_path, cfg)
     collector.start()
     try:
@@ -105,7 +109,7 @@ def test_sigterm_flushes_in_flight_lines_and_exits_0(
             60,
             collector.stderr,
         )
-        assert es_count(es, "logs-dlv-*") == 0  # held in a batch: the flush interval is 30 s
+        assert es_count(es, "logs-dlv-*") == 0  # held in one batch: 30 s flush interval, no size limit hit
         t0 = time.monotonic()
         assert collector.terminate() == 0
         assert time.monotonic() - t0 < 10
