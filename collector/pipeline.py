@@ -163,7 +163,8 @@ class Delivery:
                         else ""
                     )
                     self._trouble(f"cannot start sink {self.name}{hint}", e)
-                    await asyncio.sleep(self.backoff(attempt))
+                if not self.started:  # outside the except block, see _sleep_for
+                    await self._sleep(attempt)
                     attempt += 1
 
     async def deliver(self, batch: Batch) -> None:
