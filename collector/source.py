@@ -45,6 +45,7 @@ from collector.tailfile import (
     Opened,
     TailedFile,
     Truncated,
+    identify_fd,
     make_file_info,
     open_identified,
     same_fingerprint,
@@ -450,13 +451,52 @@ class ContainerLogsSource:
         self._rescan_now = True
         self._fs.set()
         self.metrics.rotations.labels("truncate").inc()
-        copy = _find_copy(f)
-        if copy is not None:
-            log.info("%s was truncated; reading its unread rest from the copy %s", f.path, copy.real_path)
-            f.switch_to(copy)
-            self.retiring.append(f)
-            self._update_entry(f)
-            return
+        rewritten = self._rewritten(f)
+        try:
+            copy = _find_copy(f)
+            if copy is not None:
+                log.info("%s was truncated; reading its unread rest from the copy %s", f.path, copy.real_path)
+                f.switch_to(copy)
+                self.retiring.append(f)
+                self._update_entry(f)
+                return
+            self._truncated_without_copy(f)
+        finally:
+            if rewritten is not None:
+                self._track_rewritten(f.path, rewritten)
+
+    def _rewritten(self, f: TailedFile) -> Opened | None:
+        """The truncated inode's new content, through a second descriptor of the inode we hold.
+
+        Taken at once, not left to the next scan: by then the writer may have renamed the file away
+        (rotation right after a copytruncate) and the path would lead to the next file, the rewritten
+        content never read. None while its first line is incomplete (the scan picks it up later)."""
+        try:
+            fd = os.dup(f.fd)
+        except OSError:
+            return None
+        try:
+            opened = identify_fd(fd, f.real_path)
+        except OSError:
+            opened = None
+        if opened is None or opened.fp in self._fingerprints:
+            os.close(fd)
+            return None
+        return opened
+
+    def _track_rewritten(self, path: str, opened: Opened) -> None:
+        nf = self._open(path, opened, 0, self.clock.monotonic(), new=True)
+        try:
+            st = os.stat(path)
+            here = (st.st_dev, st.st_ino) == (opened.dev, opened.ino)
+        except OSError:
+            here = False
+        if here and path not in self.by_path:
+            self.by_path[path] = nf
+        else:  # renamed or deleted since: read it to its end like any rotated file
+            self._retire(nf, "rename")
+
+    def _truncated_without_copy(self, f: TailedFile) -> None:
         if f.size > f.offset:
             log.warning(
                 "%s was truncated with %d unread bytes and no copy was found beside it",

@@ -95,6 +95,16 @@ class Opened:
         return self.identity or file_key(self.dev, self.ino, self.fp)
 
 
+def identify_fd(fd: int, real_path: str) -> Opened | None:
+    """The identity of an already open descriptor; None while its first line is incomplete (the
+    descriptor stays open either way: the caller owns it)."""
+    st = os.fstat(fd)
+    fp = fingerprint_of(fd)
+    if fp is None:
+        return None
+    return Opened(fd, st.st_dev, st.st_ino, fp[0], fp[1], real_path)
+
+
 def open_identified(path: str) -> Opened | None:
     """Open a file and compute its identity; None if it vanished or is not yet identifiable."""
     try:

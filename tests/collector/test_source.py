@@ -130,6 +130,29 @@ async def test_copytruncate_reads_unread_rest_from_the_copy(h: Harness) -> None:
     assert {r.file.key for r in h.records if int(r.message.split("=")[1]) < 120} == {first_key}
 
 
+async def test_copytruncate_then_rename_before_the_next_read_loses_nothing(h: Harness) -> None:
+    """A writer faster than the reader: copy-truncated, rewritten and renamed away (a kubelet rotation)
+    before the source looks again. The rewritten content is only in the renamed file; the path leads to
+    the next file."""
+    p = h.logs / NAME
+    append(p, 0, 50)
+    h.start()
+    await h.wait_for(50)
+    h.gate.clear()
+    append(p, 50, 60)
+    await h.wait_for(60)
+    append(p, 60, 120)
+    shutil.copyfile(p, h.logs / (NAME + ".copy.1"))
+    os.truncate(p, 0)
+    append(p, 120, 300)
+    os.rename(p, h.logs / (NAME + ".20261126-100000"))
+    append(p, 300, 330)
+    h.gate.set()
+    await h.wait_for(330)
+    await asyncio.sleep(0.5)
+    assert sorted(h.seqs()) == list(range(330))
+
+
 async def test_truncate_without_copy_restarts_from_head(h: Harness) -> None:
     p = h.logs / NAME
     append(p, 0, 20)
