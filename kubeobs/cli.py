@@ -2,7 +2,10 @@
 
 - ``kubeobs up``: one-machine mode. Tails a local folder of container log files into the embedded
   SQLite store and serves the metrics endpoint. ``--demo`` also writes realistic demo logs there.
+  It also runs the DNS server on ``--dns-listen``, answering the cluster zone from
+  ``<data-dir>/records.yaml`` (Kubernetes Services/EndpointSlices/Pods; ``--demo`` writes a demo one).
 - ``kubeobs collector``: the log collector daemon (same as ``python -m collector``).
+- ``kubeobs dns``: the DNS server daemon (same as ``python -m dnsserver``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from collector.config import CollectorConfig, ContainerLogsSource, MetricsConfig, SqliteSink
+from dnsserver.config import DnsConfig
 
 
 def _up_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,7 +33,41 @@ def _up_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--logs", help="folder of container log files (default <data-dir>/logs)")
     p.add_argument("--demo", action="store_true", help="write realistic demo container logs into the folder")
     p.add_argument("--metrics-listen", default="127.0.0.1:2021", help="host:port for /metrics ('' disables)")
+    p.add_argument(
+        "--dns-listen",
+        default="127.0.0.1:5353",
+        help="host:port of the DNS server, UDP and TCP ('' disables)",
+    )
+    p.add_argument(
+        "--dns-metrics-listen",
+        default="127.0.0.1:9153",
+        help="host:port for the DNS server's /metrics ('' disables)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def dns_up_config(args: argparse.Namespace) -> DnsConfig | None:
+    """The DNS server of one-machine mode: answers from ``<data-dir>/records.yaml`` (created if missing)."""
+    if not args.dns_listen:
+        return None
+    records = Path(args.data_dir) / "records.yaml"
+    if args.demo:
+        from kubeobs.demo import write_demo_records
+
+        write_demo_records(records)
+    elif not records.exists():
+        records.parent.mkdir(parents=True, exist_ok=True)
+        records.write_text(
+            "# Kubernetes Services, EndpointSlices and Pods for the DNS server (kubectl get -o yaml works)\n",
+            encoding="utf-8",
+        )
+    return DnsConfig(
+        listen=args.dns_listen,
+        records=str(records),
+        metrics_listen=args.dns_metrics_listen,
+        health_listen="",
+        lameduck=0,
+    )
 
 
 def up_config(args: argparse.Namespace) -> CollectorConfig:
@@ -44,11 +82,25 @@ def up_config(args: argparse.Namespace) -> CollectorConfig:
     )
 
 
-async def _up(cfg: CollectorConfig, logs: Path, demo: bool) -> None:
+async def _dns(cfg: DnsConfig, stop: asyncio.Event) -> None:
+    """The one-machine DNS server; a port already taken costs only DNS, never the collector."""
+    from dnsserver.cli import serve
+
+    try:
+        await serve(cfg, stop)
+    except OSError as e:
+        logging.getLogger("kubeobs").error(
+            "DNS server not started: cannot listen on %s: %s (use --dns-listen)", cfg.listen, e.strerror or e
+        )
+
+
+async def _up(cfg: CollectorConfig, logs: Path, demo: bool, dns: DnsConfig | None) -> None:
     from collector.cli import serve
 
     stop = asyncio.Event()
     async with asyncio.TaskGroup() as tg:
+        if dns is not None:
+            tg.create_task(_dns(dns, stop), name="dns")
         if demo:
             from kubeobs.demo import run_demo_writer, write_demo_logs
 
@@ -68,11 +120,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser(
         "collector", help="run the log collector daemon (see: kubeobs collector --help)", add_help=False
     )
+    sub.add_parser("dns", help="run the DNS server daemon (see: kubeobs dns --help)", add_help=False)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["collector"]:
         from collector.cli import main as collector_main
 
         return collector_main(argv[1:])
+    if argv[:1] == ["dns"]:
+        from dnsserver.cli import main as dns_main
+
+        return dns_main(argv[1:], prog="kubeobs dns")
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -81,11 +138,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     cfg = up_config(args)
+    dns = dns_up_config(args)
     logs = Path(cfg.sources[0].paths[0]).parent
     logs.mkdir(parents=True, exist_ok=True)
     print(
         f"kubeobs: collecting {logs}/*.log into {cfg.sink.path}"  # type: ignore[union-attr]
         + (f", metrics on http://{cfg.metrics.listen}/metrics" if cfg.metrics.listen else "")
+        + (f"; DNS for cluster.local on {dns.listen} from {dns.records}" if dns is not None else "")
         + " (Ctrl-C to stop)",
         file=sys.stderr,
     )
@@ -94,5 +153,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_gc()
     tune_malloc()
     _install_uvloop()
-    asyncio.run(_up(cfg, logs, args.demo))
+    asyncio.run(_up(cfg, logs, args.demo, dns))
     return 0

@@ -40,7 +40,7 @@ from typing import Literal
 
 import orjson
 
-__all__ = ["DEMO_PODS", "DemoPod", "run_demo_writer", "write_demo_logs"]
+__all__ = ["DEMO_PODS", "DEMO_RECORDS", "DemoPod", "run_demo_writer", "write_demo_logs", "write_demo_records"]
 
 # One log event: the (stream, text) lines it writes, given the event's time in ns since the epoch.
 Event = Callable[[int], list[tuple[str, str]]]
@@ -410,3 +410,70 @@ async def run_demo_writer(
             await asyncio.to_thread(_append, chunks)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval)
+
+
+DEMO_RECORDS = """\
+# kubeobs one-machine mode: the objects the DNS server answers for, as Kubernetes would hold them
+# (what `kubectl get svc,endpointslices,pods -A -o yaml` prints works too). Edit and save: the server
+# reloads this file within a second or two.
+apiVersion: v1
+kind: Service
+metadata: {name: kube-dns, namespace: kube-system}
+spec:
+  clusterIP: 10.96.0.10
+  ports:
+  - {name: dns, port: 53, protocol: UDP}
+  - {name: dns-tcp, port: 53, protocol: TCP}
+  - {name: metrics, port: 9153, protocol: TCP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIPs: [10.96.12.7, "fd00:10:96::c07"]
+  ports: [{name: http, port: 80, protocol: TCP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec:
+  clusterIP: 10.96.40.2
+  ports: [{name: http, port: 8080, protocol: TCP}, {name: grpc, port: 9090, protocol: TCP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: payments}
+spec:
+  clusterIP: None
+  ports: [{name: postgres, port: 5432, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: db-x7k2p
+  namespace: payments
+  labels: {kubernetes.io/service-name: db}
+addressType: IPv4
+endpoints:
+- {addresses: [10.244.1.17], hostname: db-0, conditions: {ready: true}}
+- {addresses: [10.244.2.23], hostname: db-1, conditions: {ready: true}}
+- {addresses: [10.244.3.9], hostname: db-2, conditions: {ready: false}}
+ports: [{name: postgres, port: 5432, protocol: TCP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: billing, namespace: payments}
+spec: {type: ExternalName, externalName: billing.example.com}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: worker-6f8b9c7d5-k2v9p, namespace: payments}
+spec: {hostname: worker, subdomain: db}
+status: {podIP: 10.244.1.30, podIPs: [{ip: 10.244.1.30}]}
+"""
+
+
+def write_demo_records(path: Path) -> None:
+    """The demo cluster's services, endpoints and pods for the DNS server (one-machine mode)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(DEMO_RECORDS, encoding="utf-8")

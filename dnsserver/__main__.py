@@ -1,0 +1,5 @@
+import sys
+
+from dnsserver.cli import main
+
+sys.exit(main())
