@@ -274,5 +274,5 @@ def test_objects_parse_and_reject() -> None:
         "fd00::1",
     )
     assert len(flatten([{"kind": "List", "items": [svc("a"), svc("b")]}, None, svc("c")])) == 3
-    with pytest.raises(ValueError, match="metadata.name"):
+    with pytest.raises(ValueError, match=r"metadata\.name"):
         service_from({"kind": "Service", "metadata": {}})
