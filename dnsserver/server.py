@@ -29,6 +29,7 @@ from typing import Any, Protocol, cast
 
 from dnslib import QTYPE, RCODE, RR
 
+from dnsserver.forward import ForwardError, ForwardOverloaded
 from dnsserver.metrics import DnsStats
 from dnsserver.wire import (
     MAX_UDP_DEFAULT,
@@ -50,14 +51,6 @@ RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOT
 MAX_ANSWERS = 200_000  # compiled answers kept; beyond, the table starts over (random NXDOMAIN names)
 _REFUSED_TYPES = {int(QTYPE.AXFR), int(QTYPE.IXFR)}
 _REVERSE = ("in-addr.arpa.", "ip6.arpa.")
-
-
-class ForwardError(Exception):
-    """No upstream answered (SERVFAIL)."""
-
-
-class ForwardOverloaded(ForwardError):
-    """Too many queries in flight upstream (REFUSED)."""
 
 
 class Upstream(Protocol):
@@ -216,9 +209,7 @@ class Resolver:
             resp = await self.upstream.forward(data, tcp=proto == "tcp")
         except ForwardOverloaded:
             out = rcode_response(data, q, RCODE.REFUSED, ra=True)
-        except Exception as e:
-            if not _is_forward_error(e):
-                raise
+        except ForwardError:
             out = rcode_response(data, q, RCODE.SERVFAIL, ra=True)
         else:
             if self.cache is not None:
@@ -235,11 +226,6 @@ class Resolver:
             self.clock() - t0,
         )
         return out
-
-
-def _is_forward_error(e: Exception) -> bool:
-    """ForwardError of this module or of the forwarder module (kept apart so either can stand alone)."""
-    return any(c.__name__ in ("ForwardError", "ForwardOverloaded") for c in type(e).__mro__)
 
 
 def _fit(resp: bytes, data: bytes, q: Query, limit: int) -> bytes:

@@ -105,7 +105,9 @@ def test_records_file_reload_and_broken_edit_keeps_last_good(tmp_path: Path) -> 
         assert [str(r) for r in query(server.port, "web.ns.svc.cluster.local", "A").answer[0]] == [
             "10.96.0.10"
         ]
-        records.write_text(RECORDS.replace("10.96.0.10", "10.96.0.11") + "---\n" + RECORDS.replace("web", "api"))
+        records.write_text(
+            RECORDS.replace("10.96.0.10", "10.96.0.11") + "---\n" + RECORDS.replace("web", "api")
+        )
 
         def changed() -> bool:
             r = query(server.port, "api.ns.svc.cluster.local", "A")
