@@ -58,7 +58,7 @@ class Upstream(Protocol):
 
 
 class Cache(Protocol):
-    def get(self, query: bytes, key: bytes) -> bytes | None: ...
+    def lookup(self, query: bytes, key: bytes) -> tuple[bytes, bool] | None: ...
 
     def put(self, key: bytes, response: bytes) -> None: ...
 
@@ -186,8 +186,11 @@ class Resolver:
             )
             return out
         if self.cache is not None:
-            hit = self.cache.get(data, q.key)
-            if hit is not None:
+            found = self.cache.lookup(data, q.key)
+            if found is not None:
+                hit, stale = found
+                if stale:  # serve-stale: answer now, refresh from the upstreams behind it
+                    self._refresh(data, q)
                 out = _fit(hit, data, q, limit)
                 stats.record(
                     proto,
@@ -201,6 +204,18 @@ class Resolver:
                 )
                 return out
         return None
+
+    def _refresh(self, data: bytes, q: Query) -> None:
+        if len(self.pending) >= self.max_pending:
+            return
+        task = asyncio.create_task(self._fetch(data, q))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    async def _fetch(self, data: bytes, q: Query) -> None:
+        assert self.upstream is not None and self.cache is not None
+        with contextlib.suppress(ForwardError):
+            self.cache.put(q.key, await self.upstream.forward(data))
 
     async def forwarded(self, data: bytes, q: Query, limit: int, proto: str, family: str, t0: float) -> bytes:
         assert self.upstream is not None

@@ -3,6 +3,7 @@ cached, cluster names never leave, truncation and TCP work end to end, a dead up
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,3 +101,32 @@ def test_dead_upstream_is_servfail(tmp_path: Path) -> None:
         assert metric_total(server.metrics(), "coredns_dns_responses_total", rcode="SERVFAIL") == 1
     finally:
         server.stop()
+
+
+def test_serve_stale_answers_when_the_upstream_is_gone(tmp_path: Path) -> None:
+    """``short.example.test`` has a 5 s TTL: once it expires with the upstream stopped, the cached answer
+    is served stale (TTL 30) instead of SERVFAIL, and counted."""
+    own = start_knot(tmp_path / "knot")
+    records = tmp_path / "records.yaml"
+    records.write_text(RECORDS)
+    cfg = tmp_path / "dns.yaml"
+    host, port = own.addr()
+    cfg.write_text(f"upstream: ['{host}:{port}']\ncache: {{serve_stale: 120}}\nforward: {{timeout: 1}}\n")
+    server = start_dns_server(tmp_path, "--config", str(cfg), "--records", str(records))
+    try:
+        server.wait_ready(10)
+        first = query(server.port, "short.example.test", "A")
+        assert first.answer[0].ttl <= 5
+        own.stop()
+        deadline = time.monotonic() + 20
+        while True:  # the entry's TTL runs out by the clock; poll until the stale answer shows
+            r = query(server.port, "short.example.test", "A", timeout=5)
+            assert r.rcode() == dns.rcode.NOERROR and [str(x) for x in r.answer[0]] == ["192.0.2.20"]
+            if r.answer[0].ttl == 30:
+                break
+            assert time.monotonic() < deadline, "never served stale"
+            time.sleep(0.2)
+        assert metric_total(server.metrics(), "coredns_cache_served_stale_total") >= 1
+    finally:
+        server.stop()
+        own.stop()
