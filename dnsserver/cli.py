@@ -132,6 +132,8 @@ class DnsService:
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.cfg
         source: KubeSource | None = None
+        if not cfg.records:
+            self.zone = ClusterZone(cfg.zone, ttl=cfg.ttl, pods=cfg.pods, pod_hostnames=False)
         if cfg.records:
             n = load_records(cfg.records, self.zone)
             log.info("loaded %d objects from %s: %s", n, cfg.records, self.zone.stats())

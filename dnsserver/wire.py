@@ -21,7 +21,7 @@ from dnslib import OPCODE, QTYPE, RCODE, RR, DNSHeader, DNSLabel, DNSQuestion, D
 
 HEADER = 12
 MAX_UDP_DEFAULT = 512  # without EDNS0 (RFC 1035)
-EDNS_PAYLOAD = 1232  # what we advertise (DNS flag day 2020) and the most we send over UDP
+EDNS_PAYLOAD = 1232  # the UDP size we advertise (DNS flag day 2020); answers fit the client's own size
 T_OPT = 41
 _FLAG_QR, _FLAG_AA, _FLAG_TC, _FLAG_RD = 0x8000, 0x0400, 0x0200, 0x0100
 _OPT_RR = struct.pack("!BHHIH", 0, T_OPT, EDNS_PAYLOAD, 0, 0)  # root name, OPT, payload, ttl, no rdata
@@ -80,11 +80,15 @@ def parse_query(data: bytes) -> Query:
     qtype = (data[i] << 8) | data[i + 1]
     qclass = (data[i + 2] << 8) | data[i + 3]
     edns = 0
-    if data[6:10] != b"\0\0\0\0":
-        raise QueryError(RCODE.FORMERR, "answer or authority records in a query")
+    if data[6:10] != b"\0\0\0\0":  # e.g. an IXFR carries the client's SOA in the authority section
+        if (data[6] << 8) | data[7]:
+            raise QueryError(RCODE.FORMERR, "answer records in a query")
+        qend_records = _skip_records(data, qend, (data[8] << 8) | data[9])
+    else:
+        qend_records = qend
     arcount = (data[10] << 8) | data[11]
     if arcount:
-        edns = _find_opt(data, qend, arcount)
+        edns = _find_opt(data, qend_records, arcount)
     key = data[HEADER:i].lower() + data[i:qend]
     if type(key) is not bytes:  # a bytearray or memoryview from a caller other than the transports
         key = bytes(key)
@@ -104,6 +108,17 @@ def _skip_name(data: bytes, i: int) -> int:
         if length > 63:
             raise QueryError(RCODE.FORMERR, "bad label in an additional record")
         i += length + 1
+
+
+def _skip_records(data: bytes, i: int, count: int) -> int:
+    for _ in range(count):
+        i = _skip_name(data, i)
+        if i + 10 > len(data):
+            raise QueryError(RCODE.FORMERR, "authority record runs past the packet")
+        i += 10 + ((data[i + 8] << 8) | data[i + 9])
+        if i > len(data):
+            raise QueryError(RCODE.FORMERR, "authority record data runs past the packet")
+    return i
 
 
 def _find_opt(data: bytes, i: int, count: int) -> int:

@@ -10,8 +10,9 @@ Names (``<zone>`` = ``cluster.local`` by default):
 - ``<svc>.<ns>.svc.<zone>``: A/AAAA = the cluster IPs (dual-stack: both families); headless: the ready
   endpoints' addresses, NXDOMAIN when none is ready; ExternalName: a CNAME to the external name.
 - ``<host>.<svc>.<ns>.svc.<zone>`` (headless): each ready endpoint, ``<host>`` its hostname or its address
-  with dashes (``10-1-0-5``, ``fd00--5``) as CoreDNS names them; also pods whose ``hostname`` and
-  ``subdomain`` name the headless service.
+  with dashes (``10-1-0-5``, ``fd00--5``) as CoreDNS names them. Pods with ``hostname`` + ``subdomain``
+  get theirs through the EndpointSlices in a cluster; from a records file (``pod_hostnames``), also
+  straight from the Pod objects, since no endpoints controller writes slices there.
 - ``_<port>._<proto>.<svc>.<ns>.svc.<zone>``: SRV per named port (ClusterIP: target the service name;
   headless: one per ready endpoint, target its host name), weight ``100 / n`` as CoreDNS; the targets'
   addresses go in the additional section.
@@ -91,12 +92,17 @@ ServiceKey = tuple[str, str]  # (namespace, service name)
 class ClusterZone:
     """All records of one cluster zone, updated incrementally, answered by :meth:`lookup`."""
 
-    def __init__(self, zone: str = "cluster.local", *, ttl: int = 5, pods: str = "insecure") -> None:
+    def __init__(
+        self, zone: str = "cluster.local", *, ttl: int = 5, pods: str = "insecure", pod_hostnames: bool = True
+    ) -> None:
         if pods not in PODS_MODES:
             raise ValueError(f"pods must be one of {', '.join(PODS_MODES)}")
         self.zone = zone.strip(".").lower() + "."
         self.ttl = ttl
         self.pods_mode = pods
+        # Names of pods with hostname + subdomain, from the Pods themselves: for records files. A cluster's
+        # endpoints controller puts them in the EndpointSlices (ready pods only), as CoreDNS reads them.
+        self.pod_hostnames = pod_hostnames
         self.services: dict[ServiceKey, Service] = {}
         self.endpoints: dict[ServiceKey, dict[str, EndpointSet]] = {}
         self.pods: dict[tuple[str, str], Pod] = {}
@@ -153,7 +159,7 @@ class ClusterZone:
         self.delete_pod(pod.namespace, pod.name)
         self.pods[(pod.namespace, pod.name)] = pod
         self._pod_ips.setdefault(pod.namespace, Counter()).update(pod.ips)
-        if pod.hostname and pod.subdomain:
+        if pod.hostname and pod.subdomain and self.pod_hostnames:
             key = (pod.namespace, pod.subdomain)
             self._pods_by_subdomain.setdefault(key, set()).add((pod.namespace, pod.name))
             self._rebuild(key)
@@ -169,7 +175,7 @@ class ClusterZone:
             for ip in pod.ips:
                 if ips[ip] <= 0:
                     del ips[ip]
-        if pod.hostname and pod.subdomain:
+        if pod.hostname and pod.subdomain and self.pod_hostnames:
             key = (namespace, pod.subdomain)
             self._pods_by_subdomain.get(key, set()).discard((namespace, name))
             self._rebuild(key)
