@@ -19,14 +19,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from dnsserver.config import ConfigError, DnsConfig, load_config, split_hostport
+from dnsserver.http import HttpEndpoints, Route
 from dnsserver.metrics import DnsStats
+from dnsserver.records import RecordsError, load_records
 from dnsserver.server import Answers, Resolver, listen
-from dnsserver.source import KubeSource, RecordsError, load_records
 from dnsserver.zone import ClusterZone
 
 log = logging.getLogger("dnsserver")
@@ -131,7 +131,7 @@ class DnsService:
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.cfg
-        source: KubeSource | None = None
+        source: Any = None  # a KubeSource (imported only then: the apiserver client costs memory)
         if not cfg.records:
             self.zone = ClusterZone(cfg.zone, ttl=cfg.ttl, pods=cfg.pods, pod_hostnames=False)
         if cfg.records:
@@ -139,6 +139,7 @@ class DnsService:
             log.info("loaded %d objects from %s: %s", n, cfg.records, self.zone.stats())
             self.synced = True
         else:
+            from dnsserver.kubesource import KubeSource
             from kubeobs.kube.client import KubeClient
 
             client = KubeClient.load(cfg.kubeconfig)
@@ -155,16 +156,19 @@ class DnsService:
         host, port = split_hostport(cfg.listen)
         listeners = await listen(resolver, host, port, tcp_idle_timeout=cfg.tcp_idle_timeout)
         self.port = listeners.port
-        runners: list[web.AppRunner] = []
+        endpoints: list[HttpEndpoints] = []
+        loop = asyncio.get_running_loop()
         try:
             if cfg.health_listen:
-                runner, self.health_port = await self._http(cfg.health_listen, self._health_routes())
-                runners.append(runner)
+                health = HttpEndpoints(cfg.health_listen, self._health_routes(), loop)
+                endpoints.append(health)
+                self.health_port = health.port
             if cfg.metrics_listen:
-                runner, self.metrics_port = await self._http(
-                    cfg.metrics_listen, [web.get("/metrics", self._metrics)]
-                )
-                runners.append(runner)
+                metrics = HttpEndpoints(cfg.metrics_listen, {"/metrics": self._metrics}, loop)
+                endpoints.append(metrics)
+                self.metrics_port = metrics.port
+            for e in endpoints:
+                e.start()
             log.info(
                 "answering %s on %s:%d (udp+tcp)%s",
                 cfg.zone,
@@ -193,8 +197,8 @@ class DnsService:
             await listeners.close()
             for task in list(resolver.pending):
                 task.cancel()
-            for runner in runners:
-                await runner.cleanup()
+            for e in endpoints:
+                await e.stop()
             if source is not None:
                 await source.client.close()
         log.info("stopped")
@@ -227,39 +231,27 @@ class DnsService:
             self.answers.swap(zone)
             log.info("reloaded %d objects from %s: %s", n, path, zone.stats())
 
-    async def _wait_synced(self, source: KubeSource) -> None:
+    async def _wait_synced(self, source: Any) -> None:
         await source.ready.wait()
         self.synced = True
 
-    def _health_routes(self) -> list[web.RouteDef]:
-        async def health(_: web.Request) -> web.Response:
-            return web.Response(text="OK")
+    def _health_routes(self) -> dict[str, Route]:
+        text = "text/plain; charset=utf-8"
 
-        async def ready(_: web.Request) -> web.Response:
+        def health() -> tuple[int, str, bytes]:
+            return 200, text, b"OK"
+
+        def ready() -> tuple[int, str, bytes]:
             if self.stopping:
-                return web.Response(status=503, text="stopping")
+                return 503, text, b"stopping"
             if not self.synced:
-                return web.Response(status=503, text="not synced with the apiserver yet")
-            return web.Response(text="OK")
+                return 503, text, b"not synced with the apiserver yet"
+            return 200, text, b"OK"
 
-        return [web.get("/health", health), web.get("/ready", ready)]
+        return {"/health": health, "/ready": ready}
 
-    async def _metrics(self, _: web.Request) -> web.Response:
-        body = generate_latest(self.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def _http(self, hostport: str, routes: list[web.RouteDef]) -> tuple[web.AppRunner, int]:
-        app = web.Application()
-        app.add_routes(routes)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        host, port = split_hostport(hostport)
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = port
-        for sock in getattr(site._server, "sockets", None) or ():  # the port bound when 0 was asked for
-            bound = sock.getsockname()[1]
-        return runner, bound
+    def _metrics(self) -> tuple[int, str, bytes]:
+        return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
 
 
 async def serve(cfg: DnsConfig, stop: asyncio.Event, service: DnsService | None = None) -> None:

@@ -14,7 +14,7 @@ from dnsserver.objects import (
     pod_from,
     service_from,
 )
-from dnsserver.source import apply_object
+from dnsserver.records import apply_object
 from dnsserver.zone import ClusterZone, dashed, reverse_name
 
 Z = "cluster.local."

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from dnsserver.metrics import DnsStats
 from dnsserver.server import Answers, Resolver
-from dnsserver.source import load_records
+from dnsserver.records import load_records
 from dnsserver.wire import MAX_UDP_DEFAULT, QueryError, parse_query
 from dnsserver.zone import ClusterZone
 from tests.support.dns import start_dns_server
