@@ -28,6 +28,7 @@ from collector.config import (
     SqliteSink,
     load_config,
 )
+from collector.exporters.node import build_node_collector
 from collector.http import make_app, start_http
 from collector.metrics import PipelineMetrics
 from collector.pipeline import Pipeline
@@ -136,6 +137,8 @@ async def serve(cfg: CollectorConfig, stop: asyncio.Event | None = None) -> None
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
     metrics = PipelineMetrics(registry)
+    if cfg.metrics.node:
+        registry.register(build_node_collector(cfg.metrics))  # node_* as node_exporter, read at scrape time
     sink = build_sink(cfg.sink)
     pipeline = Pipeline(cfg, sink, metrics, SystemClock())
     runner = None

@@ -170,17 +170,73 @@ class SqliteSink(_BatchSettings):
 SinkConfig = Annotated[ElasticsearchSink | SqliteSink, Field(discriminator="type")]
 
 
+# node_exporter's collector names that collector/exporters/node.py implements (NODE_COLLECTORS)
+NodeCollectorName = Literal[
+    "arp", "conntrack", "cpu", "cpufreq", "diskstats", "entropy", "filefd", "filesystem", "loadavg",
+    "meminfo", "netclass", "netdev", "netstat", "os", "pressure", "schedstat", "sockstat", "softnet", "stat",
+    "thermal_zone", "time", "timex", "udp_queues", "uname", "vmstat",
+]  # fmt: skip
+
+
 class MetricsConfig(_Model):
     listen: str = Field("0.0.0.0:2021", description="host:port for /metrics, /healthz, /readyz; '' disables")
     procfs: str = "/proc"
     sysfs: str = "/sys"
     cgroupfs: str = "/sys/fs/cgroup"
+    # node metrics (collector/exporters/node.py); regex defaults are Debian's node_exporter 1.5's
+    node: bool = Field(True, description="publish node metrics (node_exporter's names) on /metrics")
+    rootfs: str = Field(
+        "/", description="the node's / (statfs of mount points, os-release); /host/root in a pod"
+    )
+    udev_data: str = Field(
+        "/run/udev/data", description="udev's database (node_disk_info's model, serial, ...)"
+    )
+    node_collectors_disabled: list[NodeCollectorName] = Field(
+        default_factory=list, description="node_exporter collectors to leave out, e.g. [netclass, arp]"
+    )
+    netdev_exclude: str = Field(
+        r"^lo$", description="regex of interfaces left out of node_network_{receive,transmit}_*_total"
+    )
+    netclass_exclude: str = Field(
+        r"^$", description="regex of interfaces left out of node_network_{up,info,mtu_bytes,...} (sysfs)"
+    )
+    diskstats_exclude: str = Field(
+        r"^(ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\d+n\d+p)\d+$",
+        description="regex of block devices left out of node_disk_*",
+    )
+    filesystem_exclude_mountpoints: str = Field(
+        r"^/(dev|proc|run|sys|mnt|media|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)",
+        description="regex of mount points left out of node_filesystem_*",
+    )
+    filesystem_exclude_fstypes: str = Field(
+        r"^(autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs|iso9660|mqueue"
+        r"|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs|squashfs|sysfs|tracefs)$",
+        description="regex of filesystem types left out of node_filesystem_* (pseudo filesystems)",
+    )
+    filesystem_mount_timeout: float = Field(
+        5.0, ge=0, description="seconds a statfs may block (dead NFS server) before its mount is skipped"
+    )
 
     @field_validator("listen")
     @classmethod
     def _host_port(cls, v: str) -> str:
         if v and not re.fullmatch(r"\[?[^\s\]]*\]?:\d{1,5}", v):
             raise ValueError("expected host:port")
+        return v
+
+    @field_validator(
+        "netdev_exclude",
+        "netclass_exclude",
+        "diskstats_exclude",
+        "filesystem_exclude_mountpoints",
+        "filesystem_exclude_fstypes",
+    )
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"invalid regex: {e}") from None
         return v
 
 

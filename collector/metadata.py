@@ -152,6 +152,14 @@ class PodMetadata:
             return None
         return tomb[0]
 
+    def pod_objects(self) -> list[dict[str, Any]]:
+        """This node's pods as the watch holds them now (raw API objects, deleted pods not included; empty
+        before the watch starts): the pod source of the pod metrics (:mod:`collector.exporters`)."""
+        if self.pods is None:
+            return []
+        objects: list[dict[str, Any]] = self.pods.items()
+        return objects
+
     def pod_annotation(self, namespace: str, name: str, key: str) -> str | None:
         pod = self.pod(namespace, name)
         if pod is None:

@@ -4,6 +4,7 @@
   SQLite store and serves the metrics endpoint. ``--demo`` also writes realistic demo logs there.
   It also runs the DNS server on ``--dns-listen``, answering the cluster zone from
   ``<data-dir>/records.yaml`` (Kubernetes Services/EndpointSlices/Pods; ``--demo`` writes a demo one).
+- ``kubeobs logs``: search, follow and chart the collected logs (:mod:`kubeobs.search`).
 - ``kubeobs collector``: the log collector daemon (same as ``python -m collector``).
 - ``kubeobs dns``: the DNS server daemon (same as ``python -m dnsserver``).
 """
@@ -82,6 +83,34 @@ def up_config(args: argparse.Namespace) -> CollectorConfig:
     )
 
 
+def _local_host_port(listen: str) -> tuple[str, str]:
+    """``host:port`` as a local client dials it (a wildcard address becomes loopback)."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1" if host != "::" else "::1"
+    return (f"[{host}]" if ":" in host else host), port
+
+
+def try_commands(args: argparse.Namespace, cfg: CollectorConfig, dns: DnsConfig | None) -> str:
+    """The commands ``kubeobs up`` suggests at start: a search, a DNS query, a metrics scrape."""
+    import shlex
+
+    search = ["kubeobs", "logs"]
+    if Path(args.data_dir) != Path("./kubeobs-data"):
+        search += ["--backend", cfg.sink.path]  # type: ignore[union-attr]
+    search += ["-n", "shop", "--since", "15m", 'error OR "timed out"'] if args.demo else ["--since", "15m"]
+    lines = ["kubeobs: try", "  " + shlex.join(search)]
+    if dns is not None:
+        host, port = _local_host_port(dns.listen)
+        name = "web.shop.svc.cluster.local" if args.demo else "dns-version.cluster.local TXT"
+        lines.append(f"  dig @{host.strip('[]')} -p {port} {name}")
+    if cfg.metrics.listen:
+        host, port = _local_host_port(cfg.metrics.listen)
+        lines.append(f"  curl -s http://{host}:{port}/metrics | head")
+    return "\n".join(lines)
+
+
 async def _dns(cfg: DnsConfig, stop: asyncio.Event) -> None:
     """The one-machine DNS server; a port already taken costs only DNS, never the collector."""
     from dnsserver.cli import serve
@@ -118,10 +147,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _up_parser(sub)
     sub.add_parser(
+        "logs", help="search and follow the collected logs (see: kubeobs logs --help)", add_help=False
+    )
+    sub.add_parser(
         "collector", help="run the log collector daemon (see: kubeobs collector --help)", add_help=False
     )
     sub.add_parser("dns", help="run the DNS server daemon (see: kubeobs dns --help)", add_help=False)
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["logs"]:
+        from kubeobs.search.cli import main as logs_main
+
+        return logs_main(argv[1:])
     if argv[:1] == ["collector"]:
         from collector.cli import main as collector_main
 
@@ -148,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         + " (Ctrl-C to stop)",
         file=sys.stderr,
     )
+    print(try_commands(args, cfg, dns), file=sys.stderr)
     from collector.cli import _install_uvloop, tune_gc, tune_malloc
 
     tune_gc()
