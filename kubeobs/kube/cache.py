@@ -365,6 +365,7 @@ class WatchCache:
                     item["kind"] = item_kind
                 if isinstance(api_version, str) and "apiVersion" not in item:
                     item["apiVersion"] = api_version
+                _strip(item)
                 try:
                     items[object_key(item)] = item
                 except ValueError:
@@ -432,6 +433,7 @@ class WatchCache:
                     self.resource_version = rv
 
     async def _apply(self, type_: str, obj: KubeObject) -> None:
+        _strip(obj)
         try:
             key = object_key(obj)
         except ValueError:
@@ -494,6 +496,14 @@ class WatchCache:
             self._logged_error = None
         self.last_error = None
         self.state = "watching"
+
+
+def _strip(obj: KubeObject) -> None:
+    """Drop ``metadata.managedFields`` (server-side apply bookkeeping, often most of an object's size, read
+    by no one here) before the object is stored, as client-go's informers are usually configured to."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
 
 
 async def endpoint_source(client: KubeClient) -> tuple[str, str]:

@@ -117,6 +117,9 @@ async def test_pod_added_modified_deleted(kube_client: KubeClient, rest: KubeRes
 
         created = await call(rest.create, pods, pod_body("web-0", "node-a", {"app": "web"}))
         await eventually(lambda: ("ADDED", "web-0") in rec.kinds(), "ADDED web-0")
+        # the apiserver's object carries server-side apply bookkeeping; the cache does not keep it
+        assert created["metadata"].get("managedFields")
+        assert all("managedFields" not in o["metadata"] for o in cache.items())
         assert cache.by_index("uid", created["metadata"]["uid"])[0]["metadata"]["name"] == "web-0"
 
         await call(rest.patch, f"{pods}/web-0", {"metadata": {"labels": {"tier": "front"}}})
