@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dnsserver.metrics import DnsStats
-from dnsserver.server import Answers, Resolver
 from dnsserver.records import load_records
+from dnsserver.server import Answers, Resolver
 from dnsserver.wire import MAX_UDP_DEFAULT, QueryError, parse_query
 from dnsserver.zone import ClusterZone
 from tests.support.dns import start_dns_server
