@@ -28,7 +28,10 @@ from collector.config import (
     SqliteSink,
     load_config,
 )
+from collector.exporters.containers import ContainerMetrics
 from collector.exporters.node import build_node_collector
+from collector.exporters.podstate import PodStateMetrics
+from collector.exporters.scrape import Exposer, Exposers
 from collector.http import make_app, start_http
 from collector.metrics import PipelineMetrics
 from collector.pipeline import Pipeline
@@ -128,6 +131,18 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def pod_exporters(cfg: CollectorConfig, pipeline: Pipeline) -> list[Exposer]:
+    """cAdvisor-named container metrics and kube-state-metrics-named pod state for this node's pods, when
+    the collector watches them (``kubernetes:`` configured) and ``metrics.pods`` is on."""
+    metadata = pipeline.metadata
+    if metadata is None or not cfg.metrics.pods:
+        return []
+    return [
+        ContainerMetrics(cfg.metrics.cgroupfs, metadata.pod_objects),
+        PodStateMetrics(cfg.node_name, metadata.pod_objects),
+    ]
+
+
 async def serve(cfg: CollectorConfig, stop: asyncio.Event | None = None) -> None:
     """Run the collector until SIGTERM/SIGINT (or ``stop``)."""
     stop = stop or asyncio.Event()
@@ -137,13 +152,15 @@ async def serve(cfg: CollectorConfig, stop: asyncio.Event | None = None) -> None
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
     metrics = PipelineMetrics(registry)
-    if cfg.metrics.node:
-        registry.register(build_node_collector(cfg.metrics))  # node_* as node_exporter, read at scrape time
     sink = build_sink(cfg.sink)
     pipeline = Pipeline(cfg, sink, metrics, SystemClock())
+    exposers = Exposers(pod_exporters(cfg, pipeline))
+    if cfg.metrics.node:  # node_* as node_exporter, read at scrape time
+        registry.register(build_node_collector(cfg.metrics, extra_status=lambda: exposers.status))
     runner = None
     if cfg.metrics.listen:
-        runner, port = await start_http(make_app(registry, lambda: pipeline.ready), cfg.metrics.listen)
+        app = make_app(registry, lambda: pipeline.ready, exposers.run if exposers.exposers else None)
+        runner, port = await start_http(app, cfg.metrics.listen)
         log.info("metrics on http://%s/metrics", cfg.metrics.listen.rpartition(":")[0] + f":{port}")
     log.info(
         "collector on node %s: %s -> %s",

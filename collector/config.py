@@ -185,6 +185,11 @@ class MetricsConfig(_Model):
     cgroupfs: str = "/sys/fs/cgroup"
     # node metrics (collector/exporters/node.py); regex defaults are Debian's node_exporter 1.5's
     node: bool = Field(True, description="publish node metrics (node_exporter's names) on /metrics")
+    pods: bool = Field(
+        True,
+        description="publish this node's container metrics (cAdvisor's names, from cgroupfs) and pod state "
+        "(kube-state-metrics' names) on /metrics; needs kubernetes:",
+    )
     rootfs: str = Field(
         "/", description="the node's / (statfs of mount points, os-release); /host/root in a pod"
     )

@@ -8,9 +8,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 
-def make_app(registry: CollectorRegistry, ready: Callable[[], bool]) -> web.Application:
+def make_app(
+    registry: CollectorRegistry, ready: Callable[[], bool], extra: Callable[[], bytes] | None = None
+) -> web.Application:
+    """``extra`` renders series outside the registry (the pod metrics); it runs before the registry is
+    rendered, so the registry can report on it (its scrape duration and success)."""
+
     async def metrics(_: web.Request) -> web.Response:
-        resp = web.Response(body=generate_latest(registry))
+        more = extra() if extra is not None else b""
+        resp = web.Response(body=generate_latest(registry) + more)
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return resp
 
