@@ -185,9 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         file=sys.stderr,
     )
     print(try_commands(args, cfg, dns), file=sys.stderr)
-    from collector.cli import _install_uvloop, tune_gc, tune_malloc
-
     from prometheus_client import disable_created_metrics
+
+    from collector.cli import _install_uvloop, tune_gc, tune_malloc
 
     disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series beside counters
     tune_gc()
