@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   need=()
-  for cmd_pkg in sqlite3:sqlite3 promtool:prometheus prometheus-node-exporter:prometheus-node-exporter knotd:knot kdig:knot-dnsutils dnsperf:dnsperf; do
+  for cmd_pkg in sqlite3:sqlite3 kubectl:kubectl promtool:prometheus prometheus-node-exporter:prometheus-node-exporter knotd:knot kdig:knot-dnsutils dnsperf:dnsperf; do
     command -v "${cmd_pkg%%:*}" >/dev/null 2>&1 || need+=("${cmd_pkg##*:}")
   done
   if [ ${#need[@]} -gt 0 ]; then
