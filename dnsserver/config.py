@@ -25,7 +25,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
@@ -126,6 +125,8 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> DnsConfig
     """The file's keys (if any) with ``overrides`` (flags given) on top; raises :class:`ConfigError`."""
     data: dict[str, Any] = {}
     if path is not None:
+        import yaml  # only with a file: the DNS server keeps its memory small
+
         try:
             with open(path, encoding="utf-8") as fh:
                 loaded = yaml.safe_load(fh)

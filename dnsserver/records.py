@@ -12,8 +12,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dnsserver.objects import (
     ObjectError,
     endpoint_slice_from,
@@ -64,6 +62,8 @@ def apply_object(zone: ClusterZone, obj: Mapping[str, Any], *, deleted: bool = F
 
 def load_records(path: str | Path, zone: ClusterZone) -> int:
     """Load a records file into ``zone``; returns the number of objects. Raises :class:`RecordsError`."""
+    import yaml  # only in one-machine mode: the DNS server keeps its memory small
+
     try:
         with open(path, encoding="utf-8") as fh:
             documents = list(yaml.load_all(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))

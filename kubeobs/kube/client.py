@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -269,6 +270,35 @@ class KubeCredentials:
         return context
 
 
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+TOKEN_REREAD_SECONDS = 60.0
+
+
+class _TokenFile:
+    """``Bearer <token>`` from a file, read again once it is a minute old (token rotation)."""
+
+    def __init__(self, path: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self._clock = clock
+        self._value: str | None = None
+        self._read_at = 0.0
+
+    def __call__(self) -> str | None:
+        now = self._clock()
+        if self._value is None or now - self._read_at >= TOKEN_REREAD_SECONDS:
+            try:
+                with open(self.path, encoding="utf-8") as fh:
+                    token = fh.read().strip()
+            except OSError:
+                if self._value is None:
+                    raise
+                return self._value  # keep the last one through a transient read error
+            if not token:
+                raise OSError(f"{self.path} is empty")
+            self._value, self._read_at = f"Bearer {token}", now
+        return self._value
+
+
 def _credentials_from(configuration: Any) -> KubeCredentials:
     """Read a ``kubernetes.client.Configuration`` filled by one of the package's loaders."""
 
@@ -345,24 +375,36 @@ class KubeClient:
     def in_cluster(
         cls,
         *,
+        account_dir: str | None = None,
+        environ: Mapping[str, str] | None = None,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> KubeClient:
-        """Credentials of the pod's service account (``KUBERNETES_SERVICE_HOST``, the token and CA under
-        ``/var/run/secrets/kubernetes.io/serviceaccount``). Raises :class:`KubeConfigError`."""
-        from kubernetes.client import Configuration
-        from kubernetes.config import incluster_config
-
-        configuration = Configuration()
-        try:
-            incluster_config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration, try_refresh_token=True
+        """Credentials of the pod's service account: the apiserver at ``KUBERNETES_SERVICE_HOST`` /
+        ``KUBERNETES_SERVICE_PORT``, the token and CA under ``/var/run/secrets/kubernetes.io/serviceaccount``
+        (``account_dir``, or ``$KUBEOBS_SERVICE_ACCOUNT_DIR``). The token is read again every minute, as
+        client-go does, so a rotated (projected) token is picked up. Read here, without the ``kubernetes``
+        package: importing it costs about 10 MB of memory that the DNS server does not have to spare.
+        Raises :class:`KubeConfigError`."""
+        env = os.environ if environ is None else environ
+        host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
+        if not host or not port:
+            raise KubeConfigError(
+                "cannot load the in-cluster service account: KUBERNETES_SERVICE_HOST and "
+                "KUBERNETES_SERVICE_PORT are not set (not running in a pod? give a kubeconfig)"
             )
-        except Exception as exc:  # ConfigException outside a pod, OSError on unreadable files
+        directory = account_dir or env.get("KUBEOBS_SERVICE_ACCOUNT_DIR") or SERVICE_ACCOUNT_DIR
+        token = _TokenFile(os.path.join(directory, "token"))
+        ca_file = os.path.join(directory, "ca.crt")
+        try:
+            token()
+            with open(ca_file, "rb"):
+                pass
+        except OSError as exc:
             raise KubeConfigError(f"cannot load the in-cluster service account: {exc}") from exc
-        return cls(
-            _credentials_from(configuration), request_timeout=request_timeout, connect_timeout=connect_timeout
-        )
+        server = f"[{host}]" if ":" in host else host
+        credentials = KubeCredentials(host=f"https://{server}:{port}", ca_file=ca_file, authorization=token)
+        return cls(credentials, request_timeout=request_timeout, connect_timeout=connect_timeout)
 
     @classmethod
     def load(cls, kubeconfig: str | os.PathLike[str] | None) -> KubeClient:

@@ -25,6 +25,7 @@ from kubeobs.kube.client import (
     KubeNotFound,
     KubeUnavailable,
     ResourceRef,
+    _TokenFile,
     describe_path,
     resource_path,
 )
@@ -298,3 +299,22 @@ def test_in_cluster_outside_a_cluster_is_a_config_error(monkeypatch: pytest.Monk
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(KubeConfigError, match="in-cluster service account"):
         KubeClient.in_cluster()
+
+
+def test_in_cluster_reads_the_service_account_and_rereads_the_token(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("first\n")
+    (tmp_path / "ca.crt").write_text("not read here")
+    env = {"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "443"}
+    with pytest.raises(KubeConfigError, match="in-cluster service account"):
+        KubeClient.in_cluster(account_dir=str(tmp_path / "missing"), environ=env)
+    now = [0.0]
+    token = _TokenFile(str(tmp_path / "token"), clock=lambda: now[0])
+    assert token() == "Bearer first"
+    (tmp_path / "token").write_text("second")
+    now[0] = 59.0
+    assert token() == "Bearer first"  # read again only once a minute old
+    now[0] = 61.0
+    assert token() == "Bearer second"
+    (tmp_path / "token").unlink()
+    now[0] = 200.0
+    assert token() == "Bearer second"  # a transient read error keeps the last token
