@@ -4,7 +4,7 @@ Interface::
 
     cache = ResponseCache(capacity=10000, max_ttl=3600, max_negative_ttl=1800, min_ttl=0,
                           serve_stale=0.0, server="dns://:53", now=time.monotonic)
-    key = question_key(query)          # lowercased QNAME wire + QTYPE + QCLASS; raises WireError
+    key = question_key(query)          # dnsserver.wire: lowercased QNAME wire + QTYPE + QCLASS
     reply = cache.get(query, key)      # bytes for THIS query, or None
     if reply is None:
         reply = await forwarder.forward(query)
@@ -61,7 +61,8 @@ from typing import Final, Literal
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-HEADER_LEN: Final = 12
+from dnsserver.wire import HEADER, WireError, question_key, skip_name
+
 TYPE_SIG: Final = 24
 TYPE_SOA: Final = 6
 TYPE_OPT: Final = 41
@@ -74,8 +75,6 @@ EDNS_UDP_SIZE: Final = 1232
 """UDP payload size announced in the OPT record added to cached answers for EDNS queries."""
 
 _MAX_TTL: Final = 0x7FFFFFFF  # RFC 2181 §8
-_MAX_NAME_LEN: Final = 255
-_MAX_LABELS: Final = 128
 _TTL: Final = struct.Struct(">I")
 _U16: Final = struct.Struct(">H")
 _OPT: Final = b"\x00\x00\x29" + _U16.pack(EDNS_UDP_SIZE) + b"\x00\x00\x00\x00\x00\x00"
@@ -83,57 +82,6 @@ _OPT_DO: Final = b"\x00\x00\x29" + _U16.pack(EDNS_UDP_SIZE) + b"\x00\x00\x80\x00
 
 CacheType = Literal["success", "denial"]
 _TYPES: Final[tuple[CacheType, ...]] = ("success", "denial")
-
-
-class WireError(ValueError):
-    """A DNS message is malformed (too short, a bad name, counts that do not match the data)."""
-
-
-def skip_name(msg: bytes, off: int) -> int:
-    """Return the offset just past the (possibly compressed) domain name starting at ``off``."""
-    end = len(msg)
-    for _ in range(_MAX_LABELS):
-        if off >= end:
-            raise WireError("name runs past the end of the message")
-        length = msg[off]
-        if length == 0:
-            return off + 1
-        if length & 0xC0 == 0xC0:
-            if off + 2 > end:
-                raise WireError("compression pointer runs past the end of the message")
-            return off + 2
-        if length & 0xC0:
-            raise WireError(f"unsupported label type 0x{length:02x}")
-        off += 1 + length
-    raise WireError("name has too many labels")
-
-
-def question_key(msg: bytes) -> bytes:
-    """The cache key of a message with exactly one question: lowercased QNAME wire + QTYPE + QCLASS.
-
-    The question name must not be compressed (it never is: nothing precedes it to point at). The
-    key's length equals the question section's length, which :meth:`ResponseCache.get` relies on.
-    Raises :class:`WireError` if ``msg`` is not a single-question message.
-    """
-    if len(msg) < HEADER_LEN or msg[4] != 0 or msg[5] != 1:
-        raise WireError("not a message with exactly one question")
-    off = HEADER_LEN
-    end = len(msg)
-    while True:
-        if off >= end:
-            raise WireError("question name runs past the end of the message")
-        length = msg[off]
-        if length == 0:
-            break
-        if length > 63:
-            raise WireError("compressed or invalid label in the question name")
-        off += 1 + length
-        if off - HEADER_LEN >= _MAX_NAME_LEN:
-            raise WireError("question name longer than 255 bytes")
-    name_end = off + 1
-    if name_end + 4 > end:
-        raise WireError("question section runs past the end of the message")
-    return bytes(msg[HEADER_LEN:name_end].lower() + msg[name_end : name_end + 4])
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +188,7 @@ class ResponseCache:
 
     def lookup(self, query: bytes, key: bytes) -> tuple[bytes, bool] | None:
         """Like :meth:`get`, but returns ``(response, stale)``; ``stale`` is True for a serve-stale answer."""
-        qend = HEADER_LEN + len(key)
+        qend = HEADER + len(key)
         if len(query) < qend or query[qend - 4 : qend] != key[-4:]:
             raise ValueError("the key was not built from this query (use question_key(query))")
         self._requests += 1
@@ -267,8 +215,8 @@ class ResponseCache:
         # An OPT record right after the question (the usual EDNS query): answer with one.
         if (query[10] or query[11]) and len(query) >= qend + 11 and query[qend : qend + 3] == b"\x00\x00\x29":
             opt = _OPT_DO if query[qend + 7] & 0x80 else _OPT
-            return b"".join((query[0:2], flags, entry.counts_opt, query[HEADER_LEN:qend], body, opt)), stale
-        return b"".join((query[0:2], flags, entry.counts, query[HEADER_LEN:qend], body)), stale
+            return b"".join((query[0:2], flags, entry.counts_opt, query[HEADER:qend], body, opt)), stale
+        return b"".join((query[0:2], flags, entry.counts, query[HEADER:qend], body)), stale
 
     def put(self, key: bytes, response: bytes) -> None:
         """Store ``response`` (an upstream answer to a query whose key is ``key``) if it may be cached.
@@ -294,7 +242,7 @@ class ResponseCache:
 
     def _make_entry(self, key: bytes, response: bytes) -> _Entry | None:
         msg = bytes(response)
-        if len(msg) < HEADER_LEN:
+        if len(msg) < HEADER:
             return None
         flags_hi, flags_lo = msg[2], msg[3]
         if not flags_hi & 0x80 or flags_hi & 0x78 or flags_hi & 0x02:  # not a response / not QUERY / TC
@@ -305,7 +253,7 @@ class ResponseCache:
         if question_key(msg) != key:
             return None
         ancount, nscount, arcount = struct.unpack_from(">HHH", msg, 6)
-        off = HEADER_LEN + len(key)
+        off = HEADER + len(key)
         answers, off = _records(msg, off, ancount)
         authority, off = _records(msg, off, nscount)
         additional, off = _records(msg, off, arcount)
@@ -341,7 +289,7 @@ class ResponseCache:
         ancount, nscount, arcount = struct.unpack_from(">HHH", data, 6)
         counts_opt = struct.pack(">HHHH", 1, ancount, nscount, arcount + 1)
         segments: list[bytes] = []
-        start = HEADER_LEN + len(key)
+        start = HEADER + len(key)
         for r in records:
             segments.append(data[start : r.ttl_offset])
             start = r.ttl_offset + 4

@@ -72,7 +72,7 @@ from typing import Final, Literal
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from dnsserver.cache import HEADER_LEN, WireError, question_key
+from dnsserver.wire import HEADER, WireError, question_key
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def rcode_name(rcode: int) -> str:
 
 def reply_matches(reply: bytes, query_id: bytes, qkey: bytes) -> bool:
     """True if ``reply`` is a response with ID ``query_id`` and question key ``qkey``."""
-    if len(reply) < HEADER_LEN or reply[0:2] != query_id or not reply[2] & 0x80:
+    if len(reply) < HEADER or reply[0:2] != query_id or not reply[2] & 0x80:
         return False
     try:
         return question_key(reply) == qkey

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from dnslib import OPCODE, QTYPE, RCODE, RR, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
 HEADER = 12
+MAX_NAME_LEN = 255
+MAX_LABELS = 128
 MAX_UDP_DEFAULT = 512  # without EDNS0 (RFC 1035)
 EDNS_PAYLOAD = 1232  # the UDP size we advertise (DNS flag day 2020); answers fit the client's own size
 T_OPT = 41
@@ -49,8 +51,7 @@ class Query:
 
 def parse_query(data: bytes) -> Query:
     """Header and question of a query; raises :class:`QueryError` for anything we answer with an error."""
-    n = len(data)
-    if n < HEADER:
+    if len(data) < HEADER:
         raise QueryError(None, "shorter than a header")
     flags = (data[2] << 8) | data[3]
     if flags & _FLAG_QR:
@@ -61,24 +62,13 @@ def parse_query(data: bytes) -> Query:
         raise QueryError(RCODE.NOTIMP, f"opcode {opcode}")
     if qdcount != 1:
         raise QueryError(RCODE.REFUSED if qdcount > 1 else RCODE.FORMERR, f"{qdcount} questions")
-    i = HEADER
-    while True:
-        if i >= n:
-            raise QueryError(RCODE.FORMERR, "question name runs past the packet")
-        length = data[i]
-        if length == 0:
-            i += 1
-            break
-        if length > 63:
-            raise QueryError(RCODE.FORMERR, "compression or extended label in the question")
-        i += length + 1
-    if i > 256 + HEADER:
-        raise QueryError(RCODE.FORMERR, "question name longer than 255 bytes")
-    qend = i + 4
-    if qend > n:
-        raise QueryError(RCODE.FORMERR, "question without type and class")
-    qtype = (data[i] << 8) | data[i + 1]
-    qclass = (data[i + 2] << 8) | data[i + 3]
+    try:
+        key = question_key(data)  # the question's walk, shared with the cache and the forwarder
+    except WireError as e:
+        raise QueryError(RCODE.FORMERR, str(e)) from None
+    qend = HEADER + len(key)
+    qtype = (key[-4] << 8) | key[-3]
+    qclass = (key[-2] << 8) | key[-1]
     edns = 0
     if data[6:10] != b"\0\0\0\0":  # e.g. an IXFR carries the client's SOA in the authority section
         if (data[6] << 8) | data[7]:
@@ -89,25 +79,65 @@ def parse_query(data: bytes) -> Query:
     arcount = (data[10] << 8) | data[11]
     if arcount:
         edns = _find_opt(data, qend_records, arcount)
-    key = data[HEADER:i].lower() + data[i:qend]
-    if type(key) is not bytes:  # a bytearray or memoryview from a caller other than the transports
-        key = bytes(key)
     return Query(qend, key, qtype, qclass, bool(flags & _FLAG_RD), edns, opcode)
 
 
-def _skip_name(data: bytes, i: int) -> int:
-    n = len(data)
-    while True:
-        if i >= n:
-            raise QueryError(RCODE.FORMERR, "record name runs past the packet")
-        length = data[i]
+class WireError(ValueError):
+    """A DNS message is malformed (too short, a bad name, counts that do not match the data)."""
+
+
+def skip_name(msg: bytes, off: int) -> int:
+    """Return the offset just past the (possibly compressed) domain name starting at ``off``."""
+    end = len(msg)
+    for _ in range(MAX_LABELS):
+        if off >= end:
+            raise WireError("name runs past the end of the message")
+        length = msg[off]
         if length == 0:
-            return i + 1
-        if length >= 0xC0:
-            return i + 2
+            return off + 1
+        if length & 0xC0 == 0xC0:
+            if off + 2 > end:
+                raise WireError("compression pointer runs past the end of the message")
+            return off + 2
+        if length & 0xC0:
+            raise WireError(f"unsupported label type 0x{length:02x}")
+        off += 1 + length
+    raise WireError("name has too many labels")
+
+
+def question_key(msg: bytes) -> bytes:
+    """The cache key of a message with exactly one question: lowercased QNAME wire + QTYPE + QCLASS.
+
+    The question name must not be compressed (it never is: nothing precedes it to point at). The
+    key's length equals the question section's length, which :meth:`ResponseCache.get` relies on.
+    Raises :class:`WireError` if ``msg`` is not a single-question message.
+    """
+    if len(msg) < HEADER or msg[4] != 0 or msg[5] != 1:
+        raise WireError("not a message with exactly one question")
+    off = HEADER
+    end = len(msg)
+    while True:
+        if off >= end:
+            raise WireError("question name runs past the end of the message")
+        length = msg[off]
+        if length == 0:
+            break
         if length > 63:
-            raise QueryError(RCODE.FORMERR, "bad label in an additional record")
-        i += length + 1
+            raise WireError("compressed or invalid label in the question name")
+        off += 1 + length
+        if off - HEADER >= MAX_NAME_LEN:
+            raise WireError("question name longer than 255 bytes")
+    name_end = off + 1
+    if name_end + 4 > end:
+        raise WireError("question section runs past the end of the message")
+    return bytes(msg[HEADER:name_end].lower() + msg[name_end : name_end + 4])
+
+
+def _skip_name(data: bytes, i: int) -> int:
+    try:
+        return skip_name(data, i)
+    except WireError as e:
+        raise QueryError(RCODE.FORMERR, f"record: {e}") from None
 
 
 def _skip_records(data: bytes, i: int, count: int) -> int:

@@ -10,8 +10,9 @@ import pytest
 from dnslib import EDNS0, QTYPE, RCODE, RR, SOA, A, DNSRecord
 from prometheus_client import CollectorRegistry, generate_latest
 
-from dnsserver.cache import STALE_TTL, ResponseCache, WireError, question_key
+from dnsserver.cache import STALE_TTL, ResponseCache
 from dnsserver.forward import Forwarder
+from dnsserver.wire import WireError, question_key
 from tests.dnsserver.test_forward import (
     BIG_TXT_COUNT,
     SOA_MINIMUM,
