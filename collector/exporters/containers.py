@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -74,6 +73,8 @@ from typing import Any
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 
+from collector.exporters.exposition import family_header, format_labels, format_value, render_metric
+
 __all__ = [
     "DEFAULT_KUBEPODS_ROOTS",
     "CgroupError",
@@ -81,17 +82,13 @@ __all__ = [
     "ContainerMetrics",
     "PodSource",
     "container_cgroup_name",
-    "family_header",
     "family_values",
     "find_pod_cgroups",
-    "format_labels",
-    "format_value",
     "keyed_values",
     "parse_cpu_max",
     "parse_limit",
     "pod_uid_from_cgroup",
     "read_cgroup",
-    "render_metric",
     "split_container_id",
     "working_set",
 ]
@@ -492,48 +489,3 @@ def family_values(stats: CgroupStats) -> list[float | None]:
     if stats.oom_kill is not None:
         values[_OOM] = float(stats.oom_kill)
     return values
-
-
-# -- text exposition ------------------------------------------------------------------------------------
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def format_labels(labels: Mapping[str, str]) -> str:
-    """``{a="1",b="2"}`` with the names sorted and the values escaped, as ``generate_latest`` writes them
-    (the names must be valid Prometheus label names); ``""`` for no labels."""
-    if not labels:
-        return ""
-    parts = []
-    for k, v in sorted(labels.items()):
-        if "\\" in v or '"' in v or "\n" in v:
-            v = _escape(v)
-        parts.append(f'{k}="{v}"')
-    return "{" + ",".join(parts) + "}"
-
-
-def format_value(value: float) -> str:
-    """A sample value: integers without a fraction (``134217728``), others as Python's shortest repr,
-    ``NaN``/``+Inf``/``-Inf`` as Prometheus spells them."""
-    value = float(value)
-    if value.is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    if math.isfinite(value):
-        return repr(value)
-    return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
-
-
-def family_header(name: str, documentation: str, typ: str) -> str:
-    """The ``# HELP`` and ``# TYPE`` lines of a family; ``name`` as exposed (counters with ``_total``)."""
-    doc = documentation.replace("\\", "\\\\").replace("\n", "\\n")
-    return f"# HELP {name} {doc}\n# TYPE {name} {typ}\n"
-
-
-def render_metric(metric: Metric) -> str:
-    """One gauge or counter family from a ``Metric``, as ``generate_latest`` would write it."""
-    name = metric.name + "_total" if metric.type == "counter" else metric.name
-    lines = [family_header(name, metric.documentation, metric.type)]
-    lines.extend(f"{s.name}{format_labels(s.labels)} {format_value(s.value)}\n" for s in metric.samples)
-    return "".join(lines)

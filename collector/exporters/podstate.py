@@ -62,7 +62,7 @@ from typing import Any
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 
-from collector.exporters.containers import family_header, format_labels, format_value, render_metric
+from collector.exporters.exposition import family_header, format_labels, format_value, render_metric
 
 __all__ = [
     "PodSource",

@@ -24,8 +24,6 @@ from collector.exporters.containers import (
     ContainerMetrics,
     container_cgroup_name,
     find_pod_cgroups,
-    format_labels,
-    format_value,
     keyed_values,
     parse_cpu_max,
     parse_limit,
@@ -33,6 +31,7 @@ from collector.exporters.containers import (
     split_container_id,
     working_set,
 )
+from collector.exporters.exposition import format_labels, format_value
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cgroup"
 SYSTEMD = FIXTURES / "systemd"
