@@ -24,11 +24,11 @@ from typing import Any
 
 import yaml
 
-from tests.dnsserver.test_forward import ZONE, Knot, start_knot
 from tests.e2e.harness import collector_config
 from tests.integration.test_pod_metrics_apiserver import running, web_pod, write_cgroup
 from tests.support.collector_proc import CollectorProcess
 from tests.support.dns import DnsServerProc, query, start_dns_server
+from tests.support.knot import ZONE, Knot, start_knot
 from tests.support.kube.apiserver import KubeCluster
 from tests.support.kube.rest import KubeRest
 from tests.support.servers import EsServer, ServerStartError, start_es_server

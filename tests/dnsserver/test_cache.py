@@ -13,17 +13,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from dnsserver.cache import STALE_TTL, ResponseCache
 from dnsserver.forward import Forwarder
 from dnsserver.wire import WireError, question_key
-from tests.dnsserver.test_forward import (
-    BIG_TXT_COUNT,
-    SOA_MINIMUM,
-    WWW_A,
-    ZONE,
-    Knot,
-    promtool_check,
-    query_wire,
-    sample,
-    start_knot,
-)
+from tests.dnsserver.test_forward import promtool_check, sample
+from tests.support.knot import BIG_TXT_COUNT, SOA_MINIMUM, WWW_A, ZONE, Knot, query_wire, start_knot
 
 SERVER = "dns://:5353"
 

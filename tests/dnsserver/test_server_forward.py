@@ -12,8 +12,8 @@ import dns.query
 import dns.rcode
 import pytest
 
-from tests.dnsserver.test_forward import BIG_TXT_COUNT, WWW_A, Knot, start_knot
 from tests.support.dns import DnsServerProc, free_dns_port, make_query, metric_total, query, start_dns_server
+from tests.support.knot import BIG_TXT_COUNT, WWW_A, Knot, start_knot
 
 RECORDS = """\
 apiVersion: v1
